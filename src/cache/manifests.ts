@@ -1,0 +1,249 @@
+import { LRUCache } from 'lru-cache'
+import type { Logger } from 'pino'
+import { digestOf, parseDigest } from '../oci/digest.js'
+import { RegistryError } from '../oci/errors.js'
+import { MANIFEST_ACCEPT, MAX_MANIFEST_BYTES } from '../oci/media-types.js'
+import type { UpstreamClient, UpstreamResponse } from '../upstream/client.js'
+import { errorForUpstreamStatus, isUpstreamOutage } from '../upstream/errors.js'
+import type { CacheResult } from './blobs.js'
+import type { ManifestStore, StoredManifest, TagRecord } from './manifest-store.js'
+
+export interface ManifestTarget {
+  readonly client: UpstreamClient
+  readonly repository: string
+  /** A tag or a digest. */
+  readonly reference: string
+}
+
+export interface ManifestAnswer {
+  readonly manifest: StoredManifest
+  readonly cache: CacheResult
+}
+
+export interface ManifestPolicy {
+  readonly tagTtlMs: number
+  readonly maxStaleMs: number
+  readonly notFoundTtlMs: number
+}
+
+export interface ManifestServiceOptions {
+  readonly policy: ManifestPolicy
+  readonly log: Logger
+  readonly now?: () => number
+  /** Counts cache results by kind (metrics). */
+  readonly onResult?: (result: CacheResult | 'notfound') => void
+  /** Whether manifest GETs to this upstream must wait (rate limit); HEADs are never paused. */
+  readonly getsPaused?: (upstream: string) => boolean
+}
+
+/** What a HEAD for a tag told us. */
+interface Resolution {
+  readonly digest: string
+  readonly mediaType: string
+  readonly size: number
+  /** Set when resolving needed a GET: the manifest itself. */
+  readonly manifest?: StoredManifest
+}
+
+/**
+ * Manifests by digest (immutable: cached forever) and by tag (resolved with an
+ * upstream HEAD, kept for a TTL, then served stale while one background HEAD
+ * revalidates, up to a maximum stale age; served stale past that only when
+ * the upstream is down or rate-limiting). Concurrent misses share one request.
+ */
+export class ManifestService {
+  private readonly resolving = new Map<string, Promise<Resolution>>()
+  private readonly fetching = new Map<string, Promise<StoredManifest>>()
+  private readonly notFound: LRUCache<string, true>
+  private readonly now: () => number
+
+  constructor(private readonly store: ManifestStore, private readonly options: ManifestServiceOptions) {
+    this.now = options.now ?? Date.now
+    this.notFound = new LRUCache<string, true>({ max: 10_000, ttl: Math.max(options.policy.notFoundTtlMs, 1), ttlAutopurge: false })
+  }
+
+  async get(target: ManifestTarget): Promise<ManifestAnswer> {
+    const digest = parseDigest(target.reference)
+    if (digest !== undefined) return this.byDigest(target, digest.value)
+    return this.byTag(target)
+  }
+
+  private async byDigest(target: ManifestTarget, digest: string): Promise<ManifestAnswer> {
+    const cached = await this.store.getManifest(digest)
+    if (cached !== undefined) return { manifest: cached, cache: 'hit' }
+    const pending = this.fetching.get(digest)
+    if (pending !== undefined) return { manifest: await pending, cache: 'joined' }
+    return { manifest: await this.fetchByDigest(target, digest), cache: 'miss' }
+  }
+
+  private fetchByDigest(target: ManifestTarget, digest: string): Promise<StoredManifest> {
+    let pending = this.fetching.get(digest)
+    if (pending === undefined) {
+      pending = (async () => {
+        const res = await this.request(target, 'GET', digest)
+        const manifest = await readManifest(target.client.name, res, digest)
+        await this.store.putManifest(manifest)
+        return manifest
+      })().finally(() => this.fetching.delete(digest))
+      this.fetching.set(digest, pending)
+    }
+    return pending
+  }
+
+  private async byTag(target: ManifestTarget): Promise<ManifestAnswer> {
+    const upstream = target.client.name
+    const key = `${upstream}/${target.repository}:${target.reference}`
+    const { tagTtlMs, maxStaleMs } = this.options.policy
+    const record = await this.store.getTag(upstream, target.repository, target.reference)
+    if (record !== undefined) {
+      const age = this.now() - record.fetchedAt
+      const cached = await this.store.getManifest(record.digest)
+      if (cached !== undefined && age < tagTtlMs) return { manifest: cached, cache: 'hit' }
+      if (cached !== undefined && age < maxStaleMs) {
+        // Stale-while-revalidate: answer now, refresh once in the background.
+        if (!this.resolving.has(key)) {
+          this.resolveTag(target, key, record).catch((err: unknown) => {
+            this.options.log.warn({ upstream, repository: target.repository, tag: target.reference, err }, 'background tag revalidation failed')
+          })
+        }
+        return { manifest: cached, cache: 'stale' }
+      }
+    }
+    if (record === undefined && this.notFound.has(key)) {
+      throw manifestUnknown(target)
+    }
+    const joined = this.resolving.has(key)
+    try {
+      const resolution = await this.resolveTag(target, key, record)
+      const manifest = resolution.manifest ?? (await this.store.getManifest(resolution.digest)) ?? (await this.fetchByDigest(target, resolution.digest))
+      const cache: CacheResult = joined ? 'joined' : record?.digest === resolution.digest ? 'revalidated' : 'miss'
+      return { manifest, cache }
+    } catch (err) {
+      if (record !== undefined && isUpstreamOutage(err)) {
+        const stale = await this.store.getManifest(record.digest)
+        if (stale !== undefined) {
+          this.options.log.warn({ upstream, repository: target.repository, tag: target.reference, digest: record.digest, reason: (err as Error).message }, 'serving stale tag: upstream unavailable')
+          return { manifest: stale, cache: 'stale' }
+        }
+      }
+      throw err
+    }
+  }
+
+  /** One HEAD (or, if the upstream hides the digest, one GET) per tag at a time; records the answer. */
+  private resolveTag(target: ManifestTarget, key: string, previous: TagRecord | undefined): Promise<Resolution> {
+    let pending = this.resolving.get(key)
+    if (pending !== undefined) return pending
+    pending = (async (): Promise<Resolution> => {
+      const upstream = target.client.name
+      let resolution: Resolution
+      try {
+        resolution = await this.headTag(target)
+      } catch (err) {
+        if (err instanceof RegistryError && err.code === 'MANIFEST_UNKNOWN') {
+          this.notFound.set(key, true)
+          if (previous !== undefined) await this.store.deleteTag(upstream, target.repository, target.reference)
+        }
+        throw err
+      }
+      this.notFound.delete(key)
+      await this.store.putTag(upstream, target.repository, target.reference, {
+        digest: resolution.digest,
+        mediaType: resolution.mediaType,
+        size: resolution.size,
+        fetchedAt: this.now(),
+      })
+      return resolution
+    })().finally(() => this.resolving.delete(key))
+    this.resolving.set(key, pending)
+    return pending
+  }
+
+  private async headTag(target: ManifestTarget): Promise<Resolution> {
+    const head = await this.request(target, 'HEAD', target.reference)
+    await head.body.dump()
+    const digest = header(head, 'docker-content-digest')
+    const mediaType = header(head, 'content-type')
+    const size = Number(header(head, 'content-length'))
+    if (digest !== undefined && parseDigest(digest) !== undefined && mediaType !== undefined && Number.isSafeInteger(size)) {
+      return { digest, mediaType, size }
+    }
+    // Some registries leave the digest off HEAD answers: fetch the tag and hash it ourselves.
+    if (this.options.getsPaused?.(target.client.name) === true) {
+      throw new RegistryError('TOOMANYREQUESTS', `upstream ${target.client.name} is rate-limiting`)
+    }
+    const res = await this.request(target, 'GET', target.reference)
+    const manifest = await readManifest(target.client.name, res, digest)
+    await this.store.putManifest(manifest)
+    return { digest: manifest.digest, mediaType: manifest.mediaType, size: manifest.bytes.byteLength, manifest }
+  }
+
+  private async request(target: ManifestTarget, method: 'GET' | 'HEAD', reference: string): Promise<UpstreamResponse> {
+    if (method === 'GET' && this.options.getsPaused?.(target.client.name) === true) {
+      throw new RegistryError('TOOMANYREQUESTS', `upstream ${target.client.name} is rate-limiting; manifest GETs are paused`)
+    }
+    const res = await target.client.request({
+      method,
+      path: `/v2/${target.repository}/manifests/${reference}`,
+      repository: target.repository,
+      headers: { accept: MANIFEST_ACCEPT },
+    })
+    if (res.status !== 200) {
+      await res.body.dump()
+      throw errorForUpstreamStatus(target.client.name, res.status, res.headers, manifestUnknown(target))
+    }
+    return res
+  }
+}
+
+function header(res: UpstreamResponse, name: string): string | undefined {
+  const v = res.headers[name]
+  return typeof v === 'string' ? v : undefined
+}
+
+function manifestUnknown(target: ManifestTarget): RegistryError {
+  return new RegistryError('MANIFEST_UNKNOWN', 'manifest unknown', { detail: { name: target.repository, reference: target.reference } })
+}
+
+/**
+ * Reads a manifest body (capped), and checks it hashes to the digest it was
+ * asked by, or to the one the upstream announced. Never re-serializes.
+ */
+async function readManifest(upstream: string, res: UpstreamResponse, expected: string | undefined): Promise<StoredManifest> {
+  const declared = Number(header(res, 'content-length'))
+  if (Number.isFinite(declared) && declared > MAX_MANIFEST_BYTES) {
+    res.body.destroy()
+    throw new RegistryError('UPSTREAM_ERROR', `manifest from ${upstream} is larger than ${MAX_MANIFEST_BYTES} bytes`)
+  }
+  const chunks: Buffer[] = []
+  let total = 0
+  try {
+    for await (const chunk of res.body as AsyncIterable<Buffer>) {
+      total += chunk.byteLength
+      if (total > MAX_MANIFEST_BYTES) throw new RegistryError('UPSTREAM_ERROR', `manifest from ${upstream} is larger than ${MAX_MANIFEST_BYTES} bytes`)
+      chunks.push(chunk)
+    }
+  } catch (err) {
+    res.body.destroy()
+    if (err instanceof RegistryError) throw err
+    throw new RegistryError('UPSTREAM_ERROR', `manifest transfer from ${upstream} failed`, { cause: err })
+  }
+  const bytes = Buffer.concat(chunks, total)
+  const mediaType = (header(res, 'content-type') ?? '').split(';')[0]?.trim() || mediaTypeFromBody(bytes)
+  const algorithm = expected !== undefined ? (parseDigest(expected)?.algorithm ?? 'sha256') : 'sha256'
+  const digest = digestOf(bytes, algorithm)
+  if (expected !== undefined && digest !== expected) {
+    throw new RegistryError('UPSTREAM_ERROR', `manifest from ${upstream} does not match its digest`, { detail: { expected, actual: digest } })
+  }
+  return { digest, mediaType, bytes }
+}
+
+function mediaTypeFromBody(bytes: Buffer): string {
+  try {
+    const mt = (JSON.parse(bytes.toString('utf8')) as { mediaType?: unknown }).mediaType
+    if (typeof mt === 'string') return mt
+  } catch {
+    // fall through
+  }
+  return 'application/vnd.oci.image.manifest.v1+json'
+}

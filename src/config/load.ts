@@ -1,0 +1,47 @@
+import { readFileSync } from 'node:fs'
+import { parse as parseYaml, YAMLParseError } from 'yaml'
+import { ConfigError, DEFAULT_CONFIG_DOCUMENT, parseListen, validateConfig, type Config } from './schema.js'
+
+export interface LoadOptions {
+  /** A YAML file; falls back to STEVEDORE_CONFIG, then to the embedded default. */
+  readonly file?: string
+  /** `--listen HOST:PORT`; beats STEVEDORE_LISTEN, which beats the file. */
+  readonly listen?: string
+  readonly env?: NodeJS.ProcessEnv
+}
+
+const readSecret = (path: string): string => readFileSync(path, 'utf8')
+
+/**
+ * Loads the configuration. Precedence: command-line flags, then environment
+ * variables (STEVEDORE_LISTEN, STEVEDORE_LOG_LEVEL), then the file, then the
+ * embedded defaults.
+ */
+export function loadConfig(options: LoadOptions = {}): Config {
+  const env = options.env ?? process.env
+  const file = options.file ?? (env['STEVEDORE_CONFIG'] || undefined)
+  let raw: unknown = DEFAULT_CONFIG_DOCUMENT
+  if (file !== undefined) {
+    let text: string
+    try {
+      text = readFileSync(file, 'utf8')
+    } catch (err) {
+      throw new ConfigError(file, `cannot be read (${(err as NodeJS.ErrnoException).code ?? String(err)})`)
+    }
+    try {
+      raw = parseYaml(text)
+    } catch (err) {
+      const where = err instanceof YAMLParseError && err.linePos ? ` at line ${err.linePos[0].line}` : ''
+      throw new ConfigError(file, `is not valid YAML${where}`)
+    }
+    raw ??= {}
+  }
+  const config = validateConfig(raw, { env, readSecret })
+  const listen = options.listen ?? (env['STEVEDORE_LISTEN'] || undefined)
+  const logLevel = env['STEVEDORE_LOG_LEVEL'] || undefined
+  return {
+    ...config,
+    ...(listen !== undefined ? { listen: parseListen(listen, options.listen !== undefined ? '--listen' : 'STEVEDORE_LISTEN') } : {}),
+    ...(logLevel !== undefined ? { logLevel: validateConfig({ ...DEFAULT_CONFIG_DOCUMENT, log: { level: logLevel } }, { env }).logLevel } : {}),
+  }
+}

@@ -1,0 +1,51 @@
+import { loadConfig, type LoadOptions } from './config/load.js'
+import { buildApp } from './app.js'
+import { createMirror } from './mirror.js'
+import { createLogger } from './observability/logger.js'
+
+/**
+ * `stevedore serve`: the only place with process side effects. Resolves with
+ * the exit code once the server has shut down after SIGTERM or SIGINT.
+ */
+export async function serve(options: LoadOptions): Promise<number> {
+  const config = loadConfig(options)
+  const log = createLogger(config.logLevel)
+  const mirror = await createMirror(config, log)
+  const app = buildApp(mirror)
+  await app.listen({ host: config.listen.host, port: config.listen.port })
+  log.info({
+    listen: `${config.listen.host}:${config.listen.port}`,
+    storage: mirror.store.kind,
+    upstreams: [...config.upstreams.values()].map((u) => ({ name: u.name, url: u.url.origin, auth: u.username !== undefined ? 'credentials' : 'anonymous' })),
+    defaultUpstream: config.defaultUpstream,
+  }, 'stevedore listening')
+
+  return new Promise<number>((resolve) => {
+    let stopping = false
+    const stop = (signal: NodeJS.Signals): void => {
+      if (stopping) return
+      stopping = true
+      log.info({ signal, fills: mirror.blobs.inflight.size }, 'shutting down: finishing running transfers')
+      let timer: NodeJS.Timeout | undefined
+      const deadline = new Promise<void>((done) => {
+        timer = setTimeout(() => {
+          log.warn({ timeoutMs: config.timeouts.shutdownMs, fills: mirror.blobs.inflight.size }, 'shutdown timed out: closing remaining connections')
+          app.server.closeAllConnections()
+          done()
+        }, config.timeouts.shutdownMs)
+      })
+      // close() stops accepting at once and resolves when running requests are done;
+      // fills nobody reads any more are finished too, so their blobs are not lost.
+      Promise.race([Promise.all([app.close(), mirror.blobs.drain()]), deadline])
+        .then(() => mirror.close())
+        .catch((err: unknown) => log.error({ err }, 'error during shutdown'))
+        .finally(() => {
+          clearTimeout(timer)
+          log.info('stopped')
+          resolve(0)
+        })
+    }
+    process.once('SIGTERM', stop)
+    process.once('SIGINT', stop)
+  })
+}

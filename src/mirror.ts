@@ -1,0 +1,93 @@
+import { join } from 'node:path'
+import type { Logger } from 'pino'
+import { BlobService } from './cache/blobs.js'
+import { ManifestStore } from './cache/manifest-store.js'
+import { ManifestService } from './cache/manifests.js'
+import type { Config } from './config/schema.js'
+import { Metrics } from './observability/metrics.js'
+import type { BlobStore } from './storage/blob-store.js'
+import { createBlobStore } from './storage/create.js'
+import { UpstreamClient } from './upstream/client.js'
+import { RateLimitTracker } from './upstream/rate-limit.js'
+import { Router } from './upstream/router.js'
+
+/** Everything a request needs, wired once from the configuration. */
+export interface Mirror {
+  readonly config: Config
+  readonly log: Logger
+  readonly store: BlobStore
+  readonly router: Router
+  readonly clients: ReadonlyMap<string, UpstreamClient>
+  readonly manifests: ManifestService
+  readonly blobs: BlobService
+  readonly metrics: Metrics
+  readonly rateLimits: RateLimitTracker
+  /** True once the store has been initialised (for /readyz). */
+  storeReady: boolean
+  close(): Promise<void>
+}
+
+export interface MirrorOptions {
+  /** Overrides the store the config names (tests). */
+  readonly store?: BlobStore
+  readonly metrics?: Metrics
+}
+
+/** Builds the mirror's services; the store is initialised before this resolves. */
+export async function createMirror(config: Config, log: Logger, options: MirrorOptions = {}): Promise<Mirror> {
+  const metrics = options.metrics ?? new Metrics()
+  const store = options.store ?? (await createBlobStore(config.storage, log))
+  await store.init()
+  const rateLimits = new RateLimitTracker(config.cache.rateLimitBackoffMs)
+  const clients = new Map<string, UpstreamClient>()
+  for (const [name, upstream] of config.upstreams) {
+    clients.set(name, new UpstreamClient(upstream, {
+      connectTimeoutMs: config.timeouts.connectMs,
+      readTimeoutMs: config.timeouts.readMs,
+      userAgent: 'stevedore/0.1',
+      onResponse: ({ method, status, headers, seconds }) => {
+        metrics.upstreamRequests.inc({ upstream: name, method, status: String(status) })
+        metrics.upstreamLatency.observe({ upstream: name, status: String(status) }, seconds)
+        rateLimits.observe(name, status, headers)
+        const remaining = rateLimits.snapshot().get(name)
+        if (remaining !== undefined) metrics.rateLimitRemaining.set({ upstream: name }, remaining)
+      },
+      onError: (reason) => metrics.upstreamErrors.inc({ upstream: name, reason }),
+    }))
+  }
+  const manifestStore = new ManifestStore(store, config.cache.memoryBytes)
+  const manifests = new ManifestService(manifestStore, {
+    policy: config.cache,
+    log,
+    getsPaused: (upstream) => rateLimits.paused(upstream),
+  })
+  const blobs = new BlobService(store, {
+    fillTimeoutMs: config.timeouts.fillMs,
+    spoolDir: config.storage.backend.kind === 's3' ? config.storage.backend.spoolDir : join(config.storage.backend.root, 'tmp'),
+    log,
+    hooks: {
+      onUpstreamBytes: (n) => metrics.upstreamBytes.inc(n),
+      onStart: () => metrics.fillsInProgress.inc(),
+      onEnd: (fill, outcome, failure) => {
+        metrics.fills.inc({ outcome })
+        metrics.fillsInProgress.dec()
+        if (failure !== undefined) metrics.upstreamErrors.inc({ upstream: fill.upstream, reason: failure })
+      },
+    },
+  })
+  return {
+    config,
+    log,
+    store,
+    router: new Router(config.upstreams, config.defaultUpstream),
+    clients,
+    manifests,
+    blobs,
+    metrics,
+    rateLimits,
+    storeReady: true,
+    async close() {
+      await Promise.all([...clients.values()].map((c) => c.close()))
+    },
+  }
+}

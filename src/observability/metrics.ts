@@ -1,0 +1,113 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+
+/** Every Prometheus metric the mirror exports, on a registry of its own. */
+export class Metrics {
+  readonly registry = new Registry()
+
+  readonly requests = new Counter({
+    name: 'stevedore_http_requests_total',
+    help: 'Requests answered, by route and status.',
+    labelNames: ['route', 'method', 'status'] as const,
+    registers: [this.registry],
+  })
+
+  readonly cacheResults = new Counter({
+    name: 'stevedore_cache_results_total',
+    help: 'Cache results (hit, miss, joined, stale, revalidated) by kind (manifest, blob).',
+    labelNames: ['kind', 'result'] as const,
+    registers: [this.registry],
+  })
+
+  readonly bytesServed = new Counter({
+    name: 'stevedore_bytes_served_total',
+    help: 'Body bytes sent to clients, by source: cache (stored) or upstream (a fill in progress).',
+    labelNames: ['source'] as const,
+    registers: [this.registry],
+  })
+
+  readonly upstreamRequests = new Counter({
+    name: 'stevedore_upstream_requests_total',
+    help: 'Requests sent to upstream registries, by upstream, method and status.',
+    labelNames: ['upstream', 'method', 'status'] as const,
+    registers: [this.registry],
+  })
+
+  readonly upstreamErrors = new Counter({
+    name: 'stevedore_upstream_errors_total',
+    help: 'Upstream failures (unreachable, timeout, digest mismatch), by upstream and reason.',
+    labelNames: ['upstream', 'reason'] as const,
+    registers: [this.registry],
+  })
+
+  readonly upstreamLatency = new Histogram({
+    name: 'stevedore_upstream_request_duration_seconds',
+    help: 'Time to upstream response headers, by upstream and status.',
+    labelNames: ['upstream', 'status'] as const,
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+    registers: [this.registry],
+  })
+
+  readonly upstreamBytes = new Counter({
+    name: 'stevedore_upstream_bytes_total',
+    help: 'Blob bytes received from upstreams.',
+    registers: [this.registry],
+  })
+
+  readonly rateLimitRemaining = new Gauge({
+    name: 'stevedore_upstream_ratelimit_remaining',
+    help: 'Last ratelimit-remaining an upstream announced (Docker Hub pulls left).',
+    labelNames: ['upstream'] as const,
+    registers: [this.registry],
+  })
+
+  readonly fillsInProgress = new Gauge({
+    name: 'stevedore_blob_fills_in_progress',
+    help: 'Blob fills from upstream running now.',
+    registers: [this.registry],
+  })
+
+  readonly fills = new Counter({
+    name: 'stevedore_blob_fills_total',
+    help: 'Blob fills ended, by outcome (published, failed).',
+    labelNames: ['outcome'] as const,
+    registers: [this.registry],
+  })
+
+  readonly cacheSize = new Gauge({
+    name: 'stevedore_cache_size_bytes',
+    help: 'Bytes of blobs and manifests stored.',
+    registers: [this.registry],
+  })
+
+  readonly evictions = new Counter({
+    name: 'stevedore_evictions_total',
+    help: 'Blobs evicted to stay under the quota.',
+    registers: [this.registry],
+  })
+
+  readonly evictedBytes = new Counter({
+    name: 'stevedore_evicted_bytes_total',
+    help: 'Bytes evicted to stay under the quota.',
+    registers: [this.registry],
+  })
+
+  readonly timeToFirstByte = new Histogram({
+    name: 'stevedore_time_to_first_byte_seconds',
+    help: 'Time from request to the first body byte, by kind and cache result.',
+    labelNames: ['kind', 'result'] as const,
+    buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    registers: [this.registry],
+  })
+
+  readonly requestDuration = new Histogram({
+    name: 'stevedore_request_duration_seconds',
+    help: 'Time to answer a request completely, by kind and cache result.',
+    labelNames: ['kind', 'result'] as const,
+    buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120],
+    registers: [this.registry],
+  })
+
+  constructor() {
+    collectDefaultMetrics({ register: this.registry, prefix: 'stevedore_process_' })
+  }
+}

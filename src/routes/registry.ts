@@ -1,0 +1,163 @@
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { Readable } from 'node:stream'
+import { isDigestReference, requireDigest } from '../oci/digest.js'
+import { RegistryError } from '../oci/errors.js'
+import { requireTag } from '../oci/names.js'
+import type { Mirror } from '../mirror.js'
+import type { UpstreamClient } from '../upstream/client.js'
+import { errorForUpstreamStatus } from '../upstream/errors.js'
+import type { Route } from '../upstream/router.js'
+import { parseV2Path } from './v2-path.js'
+
+const READ_METHODS = new Set(['GET', 'HEAD'])
+
+/** The read-only OCI distribution API under /v2/. */
+export function registerRegistryRoutes(app: FastifyInstance, mirror: Mirror): void {
+  const handler = async (request: FastifyRequest, reply: FastifyReply): Promise<unknown> => {
+    const path = (request.raw.url ?? '/').split('?', 1)[0] as string
+    const target = parseV2Path(path)
+    const ctx = request.stevedore
+    ctx.kind = target.kind
+    if (!READ_METHODS.has(request.method)) {
+      throw new RegistryError('UNSUPPORTED', 'this registry mirror is read-only', { detail: { method: request.method } })
+    }
+    if (target.kind === 'base') return reply.type('application/json').send('{}')
+    if (target.kind === 'upload') throw new RegistryError('UNSUPPORTED', 'this registry mirror is read-only')
+
+    const query = request.query as Record<string, string | undefined>
+    const route = mirror.router.route(target.name, query['ns'])
+    const client = mirror.clients.get(route.upstream.name) as UpstreamClient
+    ctx.upstream = route.upstream.name
+    ctx.repository = route.repository
+    reply.header('oci-namespace', route.upstream.name)
+
+    switch (target.kind) {
+      case 'manifest':
+        return serveManifest(mirror, request, reply, client, route, target.reference)
+      case 'blob':
+        return serveBlob(mirror, request, reply, client, route, target.digest)
+      case 'tags':
+        return passThrough(request, reply, client, route, `/v2/${route.repository}/tags/list`, ['n', 'last'], new RegistryError('NAME_UNKNOWN', 'repository unknown', { detail: { name: route.clientName } }))
+      case 'referrers': {
+        const digest = requireDigest(target.digest).value
+        ctx.digest = digest
+        return passThrough(request, reply, client, route, `/v2/${route.repository}/referrers/${digest}`, ['artifactType'], new RegistryError('MANIFEST_UNKNOWN', 'no referrers', { detail: { digest } }))
+      }
+    }
+  }
+  app.all('/v2', handler)
+  app.all('/v2/*', handler)
+}
+
+async function serveManifest(mirror: Mirror, request: FastifyRequest, reply: FastifyReply, client: UpstreamClient, route: Route, reference: string): Promise<unknown> {
+  const ctx = request.stevedore
+  if (isDigestReference(reference)) ctx.digest = requireDigest(reference).value
+  else ctx.tag = requireTag(reference)
+  const answer = await mirror.manifests.get({ client, repository: route.repository, reference: ctx.digest ?? reference })
+  const { manifest } = answer
+  ctx.cache = answer.cache
+  ctx.digest = manifest.digest
+  mirror.metrics.cacheResults.inc({ kind: 'manifest', result: answer.cache })
+  reply
+    .header('content-type', manifest.mediaType)
+    .header('docker-content-digest', manifest.digest)
+    .header('etag', `"${manifest.digest}"`)
+    .header('content-length', manifest.bytes.byteLength)
+  ctx.bytes = request.method === 'HEAD' ? 0 : manifest.bytes.byteLength
+  return request.method === 'HEAD' ? reply.send() : reply.send(manifest.bytes)
+}
+
+async function serveBlob(mirror: Mirror, request: FastifyRequest, reply: FastifyReply, client: UpstreamClient, route: Route, digestText: string): Promise<unknown> {
+  const ctx = request.stevedore
+  const digest = requireDigest(digestText).value
+  ctx.digest = digest
+  const target = { client, repository: route.repository, digest }
+  reply.header('docker-content-digest', digest).header('accept-ranges', 'bytes')
+  if (request.method === 'HEAD') {
+    const answer = await mirror.blobs.head(target)
+    ctx.cache = answer.cache
+    ctx.bytes = 0
+    mirror.metrics.cacheResults.inc({ kind: 'blob', result: answer.cache })
+    return reply.type('application/octet-stream').header('content-length', answer.size).send()
+  }
+  const rangeHeader = request.headers.range
+  const answer = await mirror.blobs.get(target, rangeHeader, true)
+  ctx.cache = answer.cache
+  mirror.metrics.cacheResults.inc({ kind: 'blob', result: answer.cache })
+  if (answer.redirect !== undefined) {
+    ctx.bytes = 0
+    return reply.code(307).header('location', answer.redirect).send()
+  }
+  const body = answer.body as Readable
+  reply.type('application/octet-stream')
+  if (answer.range !== undefined) {
+    const { start, end } = answer.range
+    reply.code(206).header('content-range', `bytes ${start}-${end}/${answer.size}`).header('content-length', end - start + 1)
+    ctx.bytes = end - start + 1
+  } else if (answer.size >= 0) {
+    reply.header('content-length', answer.size)
+    ctx.bytes = answer.size
+  }
+  observeFirstByte(mirror, request, reply)
+  // A client that goes away must release its reader (the fill itself goes on).
+  request.raw.once('close', () => {
+    if (!body.destroyed && !reply.raw.writableFinished) body.destroy()
+  })
+  return reply.send(body)
+}
+
+/** Records time to first body byte without touching the body stream's flow. */
+function observeFirstByte(mirror: Mirror, request: FastifyRequest, reply: FastifyReply): void {
+  const res = reply.raw
+  const write = res.write
+  const ctx = request.stevedore
+  res.write = function patched(this: typeof res, ...args: Parameters<typeof write>) {
+    res.write = write
+    mirror.metrics.timeToFirstByte.observe({ kind: ctx.kind, result: ctx.cache ?? 'miss' }, Number(process.hrtime.bigint() - ctx.startedAt) / 1e9)
+    return write.apply(this, args)
+  } as typeof write
+}
+
+/** Tags and referrers: asked of the upstream every time, answered as it answers. */
+async function passThrough(request: FastifyRequest, reply: FastifyReply, client: UpstreamClient, route: Route, upstreamPath: string, params: readonly string[], notFound: RegistryError): Promise<unknown> {
+  if (request.method === 'HEAD') throw new RegistryError('UNSUPPORTED', 'use GET')
+  const query = request.query as Record<string, string | undefined>
+  const search = new URLSearchParams()
+  for (const p of params) {
+    const v = query[p]
+    if (v !== undefined) search.set(p, v)
+  }
+  const qs = search.toString()
+  const res = await client.request({ method: 'GET', path: qs === '' ? upstreamPath : `${upstreamPath}?${qs}`, repository: route.repository, headers: { accept: 'application/json' } })
+  if (res.status !== 200) {
+    await res.body.dump()
+    throw errorForUpstreamStatus(client.name, res.status, res.headers, notFound)
+  }
+  const type = res.headers['content-type']
+  reply.type(typeof type === 'string' ? type : 'application/json')
+  const length = res.headers['content-length']
+  if (typeof length === 'string') reply.header('content-length', length)
+  const link = res.headers['link']
+  if (typeof link === 'string') reply.header('link', rewriteLink(link, route, query['ns']))
+  request.raw.once('close', () => {
+    if (!res.body.destroyed && !reply.raw.writableFinished) res.body.destroy()
+  })
+  return reply.send(res.body)
+}
+
+/** Points a pagination Link at the mirror: the client's name for the repository, and its `ns`. */
+export function rewriteLink(link: string, route: Route, ns: string | undefined): string {
+  return link.replace(/<([^>]*)>/g, (whole, target: string) => {
+    let url: URL
+    try {
+      url = new URL(target, 'http://upstream.invalid')
+    } catch {
+      return whole
+    }
+    const upstreamPrefix = `/v2/${route.repository}/`
+    if (!url.pathname.startsWith(upstreamPrefix)) return whole
+    url.pathname = `/v2/${route.clientName}/${url.pathname.slice(upstreamPrefix.length)}`
+    if (ns !== undefined && ns !== '') url.searchParams.set('ns', ns)
+    return `<${url.pathname}${url.search}>`
+  })
+}

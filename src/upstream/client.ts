@@ -1,0 +1,215 @@
+import { EnvHttpProxyAgent, errors as undiciErrors, type Dispatcher } from 'undici'
+import type { UpstreamConfig } from '../config/schema.js'
+import { RegistryError } from '../oci/errors.js'
+import { parseChallenges, type Challenge } from './challenge.js'
+import { UpstreamUnreachableError } from './errors.js'
+import { TokenCache } from './tokens.js'
+
+export type UpstreamBody = Dispatcher.ResponseData['body']
+
+export interface UpstreamResponse {
+  readonly status: number
+  readonly headers: Record<string, string | string[] | undefined>
+  /** Always consumed, dumped or destroyed by whoever receives it. */
+  readonly body: UpstreamBody
+}
+
+export interface UpstreamRequest {
+  readonly method: 'GET' | 'HEAD'
+  /** Path and query on the upstream, e.g. `/v2/library/alpine/manifests/3.20`. */
+  readonly path: string
+  /** The repository, for the token scope. */
+  readonly repository: string
+  readonly headers?: Record<string, string>
+  readonly signal?: AbortSignal
+}
+
+export interface UpstreamClientOptions {
+  readonly connectTimeoutMs: number
+  readonly readTimeoutMs: number
+  /** Sockets per origin; blob fills are long, so keep room for manifests beside them. */
+  readonly connections?: number
+  readonly userAgent?: string
+  /** Called with every upstream answer (metrics, rate-limit tracking). */
+  readonly onResponse?: (info: { method: string; status: number; headers: Record<string, string | string[] | undefined>; seconds: number }) => void
+  /** Called when an upstream request fails without an answer. */
+  readonly onError?: (reason: string) => void
+}
+
+const MAX_REDIRECTS = 5
+const REDIRECTS = new Set([301, 302, 303, 307, 308])
+
+/** How an upstream asked us to authenticate, learned from its first 401. */
+type AuthMode = { scheme: 'none' } | { scheme: 'basic' } | { scheme: 'bearer'; realm: string; service: string }
+
+/**
+ * An HTTP client for one upstream registry: bearer-token and Basic auth,
+ * redirects (Authorization never crosses to another host), timeouts, and a
+ * keep-alive pool. Never forwards anything of the client's request.
+ */
+export class UpstreamClient {
+  readonly name: string
+  readonly origin: string
+  private readonly dispatcher: Dispatcher
+  private readonly tokens = new TokenCache()
+  private auth: AuthMode = { scheme: 'none' }
+
+  constructor(private readonly config: UpstreamConfig, private readonly options: UpstreamClientOptions) {
+    this.name = config.name
+    this.origin = config.url.origin
+    const connect = {
+      timeout: options.connectTimeoutMs,
+      rejectUnauthorized: !config.insecureSkipVerify,
+      ...(config.ca !== undefined ? { ca: config.ca } : {}),
+    }
+    // EnvHttpProxyAgent honours HTTPS_PROXY/HTTP_PROXY/NO_PROXY and is a plain agent without them.
+    this.dispatcher = new EnvHttpProxyAgent({
+      connect,
+      connections: options.connections ?? 64,
+      headersTimeout: options.readTimeoutMs,
+      bodyTimeout: options.readTimeoutMs,
+      keepAliveTimeout: 30_000,
+    })
+  }
+
+  async close(): Promise<void> {
+    await this.dispatcher.close()
+  }
+
+  /**
+   * Sends a request, authenticating and following redirects as needed. The
+   * answer may be any status; a 401/403 here means the upstream refused even
+   * after the token flow.
+   */
+  async request(req: UpstreamRequest): Promise<UpstreamResponse> {
+    const scope = `repository:${req.repository}:pull`
+    let retriedAuth = false
+    let sentToken: string | undefined
+    for (;;) {
+      const authorization = await this.authorizationFor(scope, sentToken !== undefined && retriedAuth ? sentToken : undefined)
+      if (this.auth.scheme === 'bearer') sentToken = authorization
+      const res = await this.followRedirects(req, authorization)
+      if (res.status !== 401 || retriedAuth) return res
+      const challenge = pickChallenge(parseChallenges(res.headers['www-authenticate']))
+      const learned = this.learn(challenge)
+      if (!learned) return res
+      retriedAuth = true
+      await res.body.dump()
+    }
+  }
+
+  /** Updates the auth mode from a challenge; false when there is nothing new to try. */
+  private learn(challenge: Challenge | undefined): boolean {
+    if (challenge === undefined) return false
+    if (challenge.scheme === 'bearer') {
+      const realm = challenge.params['realm']
+      if (realm === undefined || !URL.canParse(realm)) return false
+      this.auth = { scheme: 'bearer', realm, service: challenge.params['service'] ?? '' }
+      return true
+    }
+    if (challenge.scheme === 'basic') {
+      if (this.config.username === undefined) return false
+      const wasBasic = this.auth.scheme === 'basic'
+      this.auth = { scheme: 'basic' }
+      return !wasBasic
+    }
+    return false
+  }
+
+  private async authorizationFor(scope: string, rejectedToken: string | undefined): Promise<string | undefined> {
+    const auth = this.auth
+    if (auth.scheme === 'basic') return this.basicCredentials()
+    if (auth.scheme !== 'bearer') return undefined
+    const key = TokenCache.key(auth.realm, auth.service, scope, this.config.username)
+    const stale = rejectedToken?.replace(/^Bearer /, '')
+    const token = await this.tokens.get(key, () => this.fetchToken(auth.realm, auth.service, scope), stale)
+    return `Bearer ${token.value}`
+  }
+
+  private basicCredentials(): string | undefined {
+    if (this.config.username === undefined || this.config.password === undefined) return undefined
+    return `Basic ${Buffer.from(`${this.config.username}:${this.config.password}`).toString('base64')}`
+  }
+
+  private async fetchToken(realm: string, service: string, scope: string): Promise<{ value: string; expiresAt: number }> {
+    const url = new URL(realm)
+    if (service !== '') url.searchParams.set('service', service)
+    url.searchParams.set('scope', scope)
+    const headers: Record<string, string> = { 'user-agent': this.userAgent() }
+    const basic = this.basicCredentials()
+    if (basic !== undefined) headers['authorization'] = basic
+    const started = Date.now()
+    let res: Dispatcher.ResponseData
+    try {
+      res = await this.dispatcher.request({ origin: url.origin, path: `${url.pathname}${url.search}`, method: 'GET', headers })
+    } catch (err) {
+      this.options.onError?.((err as NodeJS.ErrnoException).code ?? 'network')
+      throw new UpstreamUnreachableError(this.name, err)
+    }
+    this.options.onResponse?.({ method: 'GET', status: res.statusCode, headers: res.headers, seconds: (Date.now() - started) / 1000 })
+    if (res.statusCode === 401 || res.statusCode === 403) {
+      await res.body.dump()
+      throw new RegistryError('DENIED', `upstream ${this.name} refused a token`, { detail: { upstream: this.name, status: res.statusCode } })
+    }
+    if (res.statusCode !== 200) {
+      await res.body.dump()
+      throw new RegistryError('UPSTREAM_ERROR', `token service of ${this.name} answered ${res.statusCode}`, { detail: { upstream: this.name, status: res.statusCode } })
+    }
+    let body: { token?: unknown; access_token?: unknown; expires_in?: unknown }
+    try {
+      body = (await res.body.json()) as typeof body
+    } catch (err) {
+      throw new RegistryError('UPSTREAM_ERROR', `token service of ${this.name} sent an unreadable answer`, { cause: err })
+    }
+    const value = typeof body.token === 'string' && body.token !== '' ? body.token : body.access_token
+    if (typeof value !== 'string' || value === '') throw new RegistryError('UPSTREAM_ERROR', `token service of ${this.name} sent no token`)
+    // The token spec's default lifetime is 60 s when expires_in is absent.
+    const expiresIn = typeof body.expires_in === 'number' && body.expires_in > 0 ? body.expires_in : 60
+    return { value, expiresAt: started + expiresIn * 1000 }
+  }
+
+  private userAgent(): string {
+    return this.options.userAgent ?? 'stevedore'
+  }
+
+  private async followRedirects(req: UpstreamRequest, authorization: string | undefined): Promise<UpstreamResponse> {
+    let url = new URL(req.path, this.origin)
+    let auth = authorization
+    for (let hop = 0; ; hop++) {
+      const headers: Record<string, string> = { 'user-agent': this.userAgent(), ...req.headers }
+      if (auth !== undefined) headers['authorization'] = auth
+      let res: Dispatcher.ResponseData
+      const started = process.hrtime.bigint()
+      try {
+        res = await this.dispatcher.request({
+          origin: url.origin,
+          path: `${url.pathname}${url.search}`,
+          method: req.method,
+          headers,
+          ...(req.signal !== undefined ? { signal: req.signal } : {}),
+        })
+      } catch (err) {
+        if (err instanceof undiciErrors.RequestAbortedError) throw err
+        this.options.onError?.((err as NodeJS.ErrnoException).code ?? 'network')
+        throw new UpstreamUnreachableError(this.name, err)
+      }
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9
+      this.options.onResponse?.({ method: req.method, status: res.statusCode, headers: res.headers, seconds })
+      const location = res.headers['location']
+      if (!REDIRECTS.has(res.statusCode) || typeof location !== 'string') {
+        return { status: res.statusCode, headers: res.headers, body: res.body }
+      }
+      await res.body.dump()
+      if (hop >= MAX_REDIRECTS) throw new RegistryError('UPSTREAM_ERROR', `upstream ${this.name} redirected too many times`)
+      const next = new URL(location, url)
+      if (next.protocol !== 'https:' && next.protocol !== 'http:') throw new RegistryError('UPSTREAM_ERROR', `upstream ${this.name} redirected to ${next.protocol}`)
+      // Presigned object-storage URLs carry their own credentials; ours must not follow them.
+      if (next.origin !== url.origin) auth = undefined
+      url = next
+    }
+  }
+}
+
+function pickChallenge(challenges: Challenge[]): Challenge | undefined {
+  return challenges.find((c) => c.scheme === 'bearer') ?? challenges.find((c) => c.scheme === 'basic')
+}
