@@ -14,7 +14,7 @@ export function buildApp(mirror: Mirror): FastifyInstance {
     exposeHeadRoutes: false,
     return503OnClosing: true,
     // Digests and long repository names make long URLs; distribution accepts them too.
-    maxParamLength: 1024,
+    routerOptions: { maxParamLength: 1024 },
     requestIdHeader: false,
   })
 

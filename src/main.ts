@@ -26,6 +26,8 @@ export async function serve(options: LoadOptions): Promise<number> {
       if (stopping) return
       stopping = true
       log.info({ signal, fills: mirror.blobs.inflight.size }, 'shutting down: finishing running transfers')
+      // Keep-alive sockets whose last response finished after close() began would hold the server open.
+      const sweeper = setInterval(() => app.server.closeIdleConnections(), 200)
       let timer: NodeJS.Timeout | undefined
       const deadline = new Promise<void>((done) => {
         timer = setTimeout(() => {
@@ -41,6 +43,7 @@ export async function serve(options: LoadOptions): Promise<number> {
         .catch((err: unknown) => log.error({ err }, 'error during shutdown'))
         .finally(() => {
           clearTimeout(timer)
+          clearInterval(sweeper)
           log.info('stopped')
           resolve(0)
         })
