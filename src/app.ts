@@ -1,4 +1,4 @@
-import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance } from 'fastify'
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance } from 'fastify'
 import { RegistryError } from './oci/errors.js'
 import type { Mirror } from './mirror.js'
 import './routes/context.js'
@@ -10,7 +10,7 @@ export function buildApp(mirror: Mirror): FastifyInstance {
   const app = Fastify({
     loggerInstance: mirror.log as FastifyBaseLogger,
     // One line per request, written in onResponse below, instead of fastify's two.
-    disableRequestLogging: true,
+    logController: new LogController({ disableRequestLogging: true }),
     exposeHeadRoutes: false,
     return503OnClosing: true,
     // Digests and long repository names make long URLs; distribution accepts them too.

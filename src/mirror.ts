@@ -1,6 +1,8 @@
+import { hostname } from 'node:os'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
 import { BlobService } from './cache/blobs.js'
+import { Evictor } from './cache/eviction.js'
 import { ManifestStore } from './cache/manifest-store.js'
 import { ManifestService } from './cache/manifests.js'
 import type { Config } from './config/schema.js'
@@ -22,6 +24,8 @@ export interface Mirror {
   readonly blobs: BlobService
   readonly metrics: Metrics
   readonly rateLimits: RateLimitTracker
+  /** Present when storage.maxSize is set. */
+  readonly evictor?: Evictor
   /** True once the store has been initialised (for /readyz). */
   storeReady: boolean
   close(): Promise<void>
@@ -36,8 +40,12 @@ export interface MirrorOptions {
 /** Builds the mirror's services; the store is initialised before this resolves. */
 export async function createMirror(config: Config, log: Logger, options: MirrorOptions = {}): Promise<Mirror> {
   const metrics = options.metrics ?? new Metrics()
-  const store = options.store ?? (await createBlobStore(config.storage, log))
+  const store = options.store ?? (await createBlobStore(config.storage, log, { fillTimeoutMs: config.timeouts.fillMs }))
   await store.init()
+  const maxSize = config.storage.maxSize
+  const evictor = maxSize !== undefined
+    ? new Evictor(store, { maxSize, evict: config.storage.evict, log, metrics, instance: `${hostname()}-${config.listen.port}` })
+    : undefined
   const rateLimits = new RateLimitTracker(config.cache.rateLimitBackoffMs)
   const clients = new Map<string, UpstreamClient>()
   for (const [name, upstream] of config.upstreams) {
@@ -55,7 +63,7 @@ export async function createMirror(config: Config, log: Logger, options: MirrorO
       onError: (reason) => metrics.upstreamErrors.inc({ upstream: name, reason }),
     }))
   }
-  const manifestStore = new ManifestStore(store, config.cache.memoryBytes)
+  const manifestStore = new ManifestStore(evictor?.track(store) ?? store, config.cache.memoryBytes)
   const manifests = new ManifestService(manifestStore, {
     policy: config.cache,
     log,
@@ -65,6 +73,7 @@ export async function createMirror(config: Config, log: Logger, options: MirrorO
     fillTimeoutMs: config.timeouts.fillMs,
     spoolDir: config.storage.backend.kind === 's3' ? config.storage.backend.spoolDir : join(config.storage.backend.root, 'tmp'),
     log,
+    ...(evictor !== undefined ? { onAccess: (digest: string, size: number) => evictor.onAccess(digest, size), pin: (digest: string) => evictor.pin(digest) } : {}),
     hooks: {
       onUpstreamBytes: (n) => metrics.upstreamBytes.inc(n),
       onStart: () => metrics.fillsInProgress.inc(),
@@ -75,6 +84,8 @@ export async function createMirror(config: Config, log: Logger, options: MirrorO
       },
     },
   })
+  // Not awaited: listing a large bucket must not hold up serving; eviction waits for it.
+  evictor?.start().catch((err: unknown) => log.error({ err }, 'eviction: could not list the store'))
   return {
     config,
     log,
@@ -85,8 +96,10 @@ export async function createMirror(config: Config, log: Logger, options: MirrorO
     blobs,
     metrics,
     rateLimits,
+    ...(evictor !== undefined ? { evictor } : {}),
     storeReady: true,
     async close() {
+      await evictor?.stop()
       await Promise.all([...clients.values()].map((c) => c.close()))
     },
   }

@@ -128,6 +128,12 @@ export function formatReport(r: HostsReport): string {
   return r.content !== undefined ? `${head}${r.content.replace(/^/gm, '    ')}\n` : head
 }
 
+/** Report lines go to stdout; `error` lines to stderr. */
+function emit(io: HostsIo, r: HostsReport): void {
+  const write = r.action === 'error' ? io.stderr : io.stdout
+  write(formatReport(r))
+}
+
 function selectTargets(all: UpstreamTarget[], registries: readonly string[] | undefined): UpstreamTarget[] {
   if (registries === undefined) return all
   return registries.map((name) => {
@@ -194,14 +200,18 @@ async function watchLoop(p: Parsed, io: HostsIo): Promise<number> {
       } catch (err) {
         lines = [`error        ${err instanceof Error ? err.message : String(err)}; files left as they are\n`]
       }
-      for (const line of lines) if (!previous.has(line)) (line.startsWith('error') ? io.stderr : io.stdout)(line)
+      for (const line of lines) {
+        if (previous.has(line)) continue
+        const write = line.startsWith('error') ? io.stderr : io.stdout
+        write(line)
+      }
       previous = new Set(lines)
       first = false
       await sleep(p.intervalMs, signal)
     }
     if (p.removeOnExit) {
       const reports = await removeHosts({ dir: p.dir, dryRun: false, ...(p.registries !== undefined ? { registries: p.registries } : {}) })
-      for (const r of reports) io.stdout(formatReport(r))
+      for (const r of reports) emit(io, r)
       io.stdout('stopped; removed stevedore\'s files\n')
       return failed(reports) ? 1 : 0
     }
@@ -231,13 +241,13 @@ export async function runHostsCommand(args: string[], io: HostsIo = defaultIo): 
   try {
     if (p.remove) {
       const reports = await removeHosts({ dir: p.dir, dryRun: p.dryRun, ...(p.registries !== undefined ? { registries: p.registries } : {}) })
-      for (const r of reports) io.stdout(formatReport(r))
+      for (const r of reports) emit(io, r)
       if (reports.length === 0) io.stdout(`nothing to remove under ${p.dir}\n`)
       return failed(reports) ? 1 : 0
     }
     if (p.watch) return await watchLoop(p, io)
     const reports = await applyOnce(p, io)
-    for (const r of reports) io.stdout(formatReport(r))
+    for (const r of reports) emit(io, r)
     return failed(reports) ? 1 : 0
   } catch (err) {
     if (err instanceof UsageError) {

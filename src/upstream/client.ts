@@ -1,4 +1,4 @@
-import { EnvHttpProxyAgent, errors as undiciErrors, type Dispatcher } from 'undici'
+import { EnvHttpProxyAgent, type Dispatcher } from 'undici'
 import type { UpstreamConfig } from '../config/schema.js'
 import { RegistryError } from '../oci/errors.js'
 import { parseChallenges, type Challenge } from './challenge.js'
@@ -37,6 +37,12 @@ export interface UpstreamClientOptions {
 }
 
 const MAX_REDIRECTS = 5
+
+/** No response headers from an upstream within connect + read timeouts. */
+class HeadersDeadlineError extends Error {
+  readonly code = 'UPSTREAM_HEADERS_TIMEOUT'
+  override name = 'HeadersDeadlineError'
+}
 const REDIRECTS = new Set([301, 302, 303, 307, 308])
 
 /** How an upstream asked us to authenticate, learned from its first 401. */
@@ -181,17 +187,32 @@ export class UpstreamClient {
       let res: Dispatcher.ResponseData
       const started = process.hrtime.bigint()
       try {
-        res = await this.dispatcher.request({
-          origin: url.origin,
-          path: `${url.pathname}${url.search}`,
-          method: req.method,
-          headers,
-          ...(req.signal !== undefined ? { signal: req.signal } : {}),
-        })
+        res = await withHeadersDeadline(
+          this.dispatcher.request({
+            origin: url.origin,
+            path: `${url.pathname}${url.search}`,
+            method: req.method,
+            headers,
+            ...(req.signal !== undefined ? { signal: req.signal } : {}),
+          }),
+          this.options.connectTimeoutMs + this.options.readTimeoutMs,
+        )
       } catch (err) {
-        if (err instanceof undiciErrors.RequestAbortedError) throw err
+        if (req.signal?.aborted === true) throw err
         this.options.onError?.((err as NodeJS.ErrnoException).code ?? 'network')
         throw new UpstreamUnreachableError(this.name, err)
+      }
+      if (req.signal !== undefined) {
+        // The caller's signal (a fill's deadline) must still stop the body.
+        const body = res.body
+        const stop = (): void => {
+          body.destroy(req.signal?.reason instanceof Error ? req.signal.reason : new Error('aborted'))
+        }
+        if (req.signal.aborted) stop()
+        else {
+          req.signal.addEventListener('abort', stop, { once: true })
+          body.once('close', () => req.signal?.removeEventListener('abort', stop))
+        }
       }
       const seconds = Number(process.hrtime.bigint() - started) / 1e9
       this.options.onResponse?.({ method: req.method, status: res.statusCode, headers: res.headers, seconds })
@@ -208,6 +229,32 @@ export class UpstreamClient {
       url = next
     }
   }
+}
+
+/**
+ * undici's own timeouts do not cover every stage: a proxy that drops a
+ * CONNECT leaves the request pending forever, deaf even to its abort signal.
+ * So the answer's headers get one deadline of ours; a late answer is dumped.
+ */
+function withHeadersDeadline(pending: Promise<Dispatcher.ResponseData>, ms: number): Promise<Dispatcher.ResponseData> {
+  return new Promise((resolve, reject) => {
+    let late = false
+    const timer = setTimeout(() => {
+      late = true
+      reject(new HeadersDeadlineError(`no answer within ${ms} ms`))
+    }, ms)
+    pending.then(
+      (res) => {
+        clearTimeout(timer)
+        if (late) res.body.destroy()
+        else resolve(res)
+      },
+      (err: unknown) => {
+        clearTimeout(timer)
+        reject(err)
+      },
+    )
+  })
 }
 
 function pickChallenge(challenges: Challenge[]): Challenge | undefined {
