@@ -52,7 +52,7 @@ interface Resolution {
  * the upstream is down or rate-limiting). Concurrent misses share one request.
  */
 export class ManifestService {
-  private readonly resolving = new Map<string, Promise<Resolution>>()
+  private readonly resolving = new Map<string, Promise<StoredManifest>>()
   private readonly fetching = new Map<string, Promise<StoredManifest>>()
   private readonly notFound: LRUCache<string, true>
   private readonly now: () => number
@@ -95,11 +95,11 @@ export class ManifestService {
     const key = `${upstream}/${target.repository}:${target.reference}`
     const { tagTtlMs, maxStaleMs } = this.options.policy
     const record = await this.store.getTag(upstream, target.repository, target.reference)
-    if (record !== undefined) {
+    const cached = record !== undefined ? await this.store.getManifest(record.digest) : undefined
+    if (record !== undefined && cached !== undefined) {
       const age = this.now() - record.fetchedAt
-      const cached = await this.store.getManifest(record.digest)
-      if (cached !== undefined && age < tagTtlMs) return { manifest: cached, cache: 'hit' }
-      if (cached !== undefined && age < maxStaleMs) {
+      if (age < tagTtlMs) return { manifest: cached, cache: 'hit' }
+      if (age < maxStaleMs) {
         // Stale-while-revalidate: answer now, refresh once in the background.
         if (!this.resolving.has(key)) {
           this.resolveTag(target, key, record).catch((err: unknown) => {
@@ -109,32 +109,30 @@ export class ManifestService {
         return { manifest: cached, cache: 'stale' }
       }
     }
-    if (record === undefined && this.notFound.has(key)) {
-      throw manifestUnknown(target)
-    }
+    if (record === undefined && this.notFound.has(key)) throw manifestUnknown(target)
     const joined = this.resolving.has(key)
     try {
-      const resolution = await this.resolveTag(target, key, record)
-      const manifest = resolution.manifest ?? (await this.store.getManifest(resolution.digest)) ?? (await this.fetchByDigest(target, resolution.digest))
-      const cache: CacheResult = joined ? 'joined' : record?.digest === resolution.digest ? 'revalidated' : 'miss'
+      const manifest = await this.resolveTag(target, key, record)
+      const cache: CacheResult = joined ? 'joined' : record?.digest === manifest.digest && cached !== undefined ? 'revalidated' : 'miss'
       return { manifest, cache }
     } catch (err) {
-      if (record !== undefined && isUpstreamOutage(err)) {
-        const stale = await this.store.getManifest(record.digest)
-        if (stale !== undefined) {
-          this.options.log.warn({ upstream, repository: target.repository, tag: target.reference, digest: record.digest, reason: (err as Error).message }, 'serving stale tag: upstream unavailable')
-          return { manifest: stale, cache: 'stale' }
-        }
+      if (cached !== undefined && isUpstreamOutage(err)) {
+        this.options.log.warn({ upstream, repository: target.repository, tag: target.reference, digest: cached.digest, reason: (err as Error).message }, 'serving stale tag: upstream unavailable')
+        return { manifest: cached, cache: 'stale' }
       }
       throw err
     }
   }
 
-  /** One HEAD (or, if the upstream hides the digest, one GET) per tag at a time; records the answer. */
-  private resolveTag(target: ManifestTarget, key: string, previous: TagRecord | undefined): Promise<Resolution> {
+  /**
+   * Asks the upstream what a tag points at (one HEAD per tag at a time), makes
+   * sure that manifest is stored, and only then records the tag: a tag record
+   * never points at a manifest we do not have.
+   */
+  private resolveTag(target: ManifestTarget, key: string, previous: TagRecord | undefined): Promise<StoredManifest> {
     let pending = this.resolving.get(key)
     if (pending !== undefined) return pending
-    pending = (async (): Promise<Resolution> => {
+    pending = (async (): Promise<StoredManifest> => {
       const upstream = target.client.name
       let resolution: Resolution
       try {
@@ -147,13 +145,14 @@ export class ManifestService {
         throw err
       }
       this.notFound.delete(key)
+      const manifest = resolution.manifest ?? (await this.store.getManifest(resolution.digest)) ?? (await this.fetchByDigest(target, resolution.digest))
       await this.store.putTag(upstream, target.repository, target.reference, {
-        digest: resolution.digest,
-        mediaType: resolution.mediaType,
-        size: resolution.size,
+        digest: manifest.digest,
+        mediaType: manifest.mediaType,
+        size: manifest.bytes.byteLength,
         fetchedAt: this.now(),
       })
-      return resolution
+      return manifest
     })().finally(() => this.resolving.delete(key))
     this.resolving.set(key, pending)
     return pending

@@ -1,0 +1,514 @@
+// The kustomize manifests in k8s/: every kustomization renders with
+// `kubectl kustomize` (kustomize 5), every rendered object validates against
+// the Kubernetes schemas (kubernetes-models; unknown fields count as errors),
+// and the pieces agree with each other and with the mirror itself. No cluster
+// is needed, and nothing here sends traffic anywhere but 127.0.0.1.
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises'
+import { join, relative } from 'node:path'
+import type { IServiceMonitor } from '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/ServiceMonitor'
+import type { IDaemonSet } from 'kubernetes-models/apps/v1/DaemonSet'
+import type { IDeployment } from 'kubernetes-models/apps/v1/Deployment'
+import type { IHorizontalPodAutoscaler } from 'kubernetes-models/autoscaling/v2/HorizontalPodAutoscaler'
+import type { INetworkPolicy } from 'kubernetes-models/networking.k8s.io/v1/NetworkPolicy'
+import type { IPodDisruptionBudget } from 'kubernetes-models/policy/v1/PodDisruptionBudget'
+import type { IConfigMap } from 'kubernetes-models/v1/ConfigMap'
+import type { INamespace } from 'kubernetes-models/v1/Namespace'
+import type { IPodSpec } from 'kubernetes-models/v1/PodSpec'
+import type { IService } from 'kubernetes-models/v1/Service'
+import type { IServiceAccount } from 'kubernetes-models/v1/ServiceAccount'
+import t from 'tap'
+import { parse as parseYaml, parseAllDocuments } from 'yaml'
+import { validateConfig, type Config } from '../../src/config/schema.js'
+import { REPO_ROOT, startMirror } from '../harness/mirror.js'
+import { requireTools, run, tempDir } from '../harness/tools.js'
+
+const K8S = join(REPO_ROOT, 'k8s')
+
+interface K8sObject {
+  readonly apiVersion: string
+  readonly kind: string
+  readonly metadata: { readonly name: string; readonly namespace?: string; readonly labels?: Record<string, string>; readonly annotations?: Record<string, string> }
+}
+
+type Container = IPodSpec['containers'][number]
+
+// ------------------------------------------------------------ rendering
+
+async function kustomize(dir: string): Promise<K8sObject[]> {
+  const r = await run('kubectl', ['kustomize', dir], { timeoutMs: 60_000 })
+  if (r.code !== 0) throw new Error(`kubectl kustomize ${dir} exited ${r.code}: ${r.stderr}`)
+  return parseAllDocuments(r.stdout).map((d) => d.toJS() as K8sObject).filter((o) => o !== null)
+}
+
+async function kustomizations(dir: string): Promise<string[]> {
+  const found: string[] = []
+  for (const e of await readdir(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name)
+    if (e.isDirectory()) found.push(...(await kustomizations(p)))
+    else if (e.name === 'kustomization.yaml' || e.name === 'kustomization.yml' || e.name === 'Kustomization') found.push(dir)
+  }
+  return found.sort()
+}
+
+/** A throw-away overlay (beside nothing of ours) that takes `base` and adds `components`. */
+async function withComponents(t: Parameters<typeof tempDir>[0], base: string, components: string[]): Promise<string> {
+  const dir = join(await tempDir(t, 'stevedore-kustomize'), 'overlay')
+  await mkdir(dir)
+  const rel = (p: string): string => relative(dir, p)
+  await writeFile(join(dir, 'kustomization.yaml'), [
+    'apiVersion: kustomize.config.k8s.io/v1beta1',
+    'kind: Kustomization',
+    'resources:',
+    `  - ${rel(base)}`,
+    'components:',
+    ...components.map((c) => `  - ${rel(c)}`),
+    '',
+  ].join('\n'))
+  return dir
+}
+
+// ------------------------------------------------------------ schemas
+
+type ValidateFn = ((data: unknown) => boolean) & { errors?: Array<{ instancePath: string; message?: string; keyword: string; params?: unknown }> | null }
+
+const cap = (s: string): string => s.charAt(0).toUpperCase() + s.slice(1)
+
+async function validatorFor(apiVersion: string, kind: string): Promise<ValidateFn> {
+  const [group, version] = apiVersion.includes('/') ? apiVersion.split('/') as [string, string] : ['core', apiVersion]
+  if (group === 'monitoring.coreos.com') {
+    const file = join(REPO_ROOT, 'node_modules', '@kubernetes-models', 'prometheus-operator', '_schemas', `ComGithubPrometheusOperatorPrometheusOperatorPkgApisMonitoring${cap(version)}${kind}.js`)
+    return ((await import(file)) as { validate: ValidateFn }).validate
+  }
+  const name = `IoK8sApi${cap(group.split('.')[0] as string)}${cap(version)}${kind}`
+  return ((await import(`kubernetes-models/_schemas/${name}`)) as { validate: ValidateFn }).validate
+}
+
+/**
+ * Validates against the schema and, since the generated validators let
+ * unknown fields through (a typo such as `readOnlyRootFileSystem` would pass),
+ * also reports every field the validator never looked at: it runs on a proxy
+ * that records which keys the schema asked for. Maps (labels, data, limits)
+ * are enumerated by the validator and so count as known.
+ */
+async function validateStrictly(obj: K8sObject): Promise<string[]> {
+  const validate = await validatorFor(obj.apiVersion, obj.kind)
+  const read = new Map<object, Set<PropertyKey>>()
+  const enumerated = new Set<object>()
+  const proxies = new WeakMap<object, object>()
+  const note = (target: object, key: PropertyKey): void => {
+    let keys = read.get(target)
+    if (keys === undefined) read.set(target, (keys = new Set()))
+    keys.add(key)
+  }
+  const wrap = (v: unknown): unknown => {
+    if (v === null || typeof v !== 'object') return v
+    const existing = proxies.get(v)
+    if (existing !== undefined) return existing
+    const p = new Proxy(v, {
+      get: (target, key, receiver) => {
+        note(target, key)
+        return wrap(Reflect.get(target, key, receiver))
+      },
+      has: (target, key) => {
+        note(target, key)
+        return Reflect.has(target, key)
+      },
+      getOwnPropertyDescriptor: (target, key) => {
+        note(target, key)
+        return Reflect.getOwnPropertyDescriptor(target, key)
+      },
+      ownKeys: (target) => {
+        enumerated.add(target)
+        return Reflect.ownKeys(target)
+      },
+    })
+    proxies.set(v, p)
+    return p
+  }
+  if (!validate(wrap(obj))) {
+    return (validate.errors ?? []).map((e) => `${e.instancePath || '/'} ${e.message ?? e.keyword} ${e.params !== undefined ? JSON.stringify(e.params) : ''}`)
+  }
+  const unknown: string[] = []
+  const walk = (v: unknown, path: string): void => {
+    if (Array.isArray(v)) v.forEach((x, i) => walk(x, `${path}/${i}`))
+    else if (v !== null && typeof v === 'object') {
+      const keys = read.get(v) ?? new Set<PropertyKey>()
+      for (const [k, x] of Object.entries(v)) {
+        if (!enumerated.has(v) && !keys.has(k)) unknown.push(`${path}/${k}: unknown field`)
+        else walk(x, `${path}/${k}`)
+      }
+    }
+  }
+  walk(obj, '')
+  return unknown
+}
+
+/**
+ * Rules the API server enforces that the OpenAPI schemas do not carry, for
+ * the workloads here: unique container, volume and port names; mounts of
+ * existing volumes; a selector that matches the pod template; ConfigMaps and
+ * ServiceAccounts that exist in the namespace.
+ */
+function apiServerRules(o: K8sObject, objs: K8sObject[]): string[] {
+  if (o.kind !== 'Deployment' && o.kind !== 'DaemonSet') return []
+  const w = o as unknown as IDeployment | IDaemonSet
+  const problems: string[] = []
+  const spec = w.spec?.template.spec
+  if (spec === undefined) return ['no pod spec']
+  const dupes = (names: string[]): string[] => names.filter((n, i) => names.indexOf(n) !== i)
+  const containers = [...(spec.initContainers ?? []), ...spec.containers]
+  for (const n of dupes(containers.map((c) => c.name))) problems.push(`container name ${n} used twice (init containers included)`)
+  const volumes = (spec.volumes ?? []).map((v) => v.name)
+  for (const n of dupes(volumes)) problems.push(`volume ${n} defined twice`)
+  for (const c of containers) {
+    for (const m of c.volumeMounts ?? []) if (!volumes.includes(m.name)) problems.push(`${c.name} mounts volume ${m.name}, which is not defined`)
+    const ports = (c.ports ?? []).map((p) => p.name ?? '')
+    for (const p of ports) if (p.length > 15) problems.push(`${c.name}: port name ${p} is longer than 15 characters`)
+    for (const n of dupes(ports.filter(Boolean))) problems.push(`${c.name}: port name ${n} used twice`)
+    for (const probe of [c.livenessProbe, c.readinessProbe, c.startupProbe]) {
+      const port = probe?.httpGet?.port
+      if (typeof port === 'string' && !ports.includes(port)) problems.push(`${c.name}: a probe uses port ${port}, which the container does not name`)
+    }
+  }
+  if (!matches(w.spec?.selector.matchLabels, w.spec?.template.metadata?.labels)) problems.push('the selector does not match the pod template labels')
+  const ns = o.metadata.namespace
+  for (const v of spec.volumes ?? []) {
+    const cm = v.configMap?.name
+    if (cm !== undefined && !objs.some((x) => x.kind === 'ConfigMap' && x.metadata.name === cm && x.metadata.namespace === ns)) problems.push(`ConfigMap ${cm} is not in namespace ${ns ?? ''}`)
+    const claim = v.persistentVolumeClaim?.claimName
+    if (claim !== undefined && !objs.some((x) => x.kind === 'PersistentVolumeClaim' && x.metadata.name === claim && x.metadata.namespace === ns)) problems.push(`PVC ${claim} is not in namespace ${ns ?? ''}`)
+  }
+  const sa = spec.serviceAccountName
+  if (sa !== undefined && !objs.some((x) => x.kind === 'ServiceAccount' && x.metadata.name === sa && x.metadata.namespace === ns)) problems.push(`ServiceAccount ${sa} is not in namespace ${ns ?? ''}`)
+  return problems
+}
+
+// ------------------------------------------------------------ lookups
+
+const id = (o: K8sObject): string => `${o.kind} ${o.metadata.namespace ?? ''}/${o.metadata.name}`
+
+function all<T>(objs: K8sObject[], kind: string): T[] {
+  return objs.filter((o) => o.kind === kind) as unknown as T[]
+}
+
+function one<T>(objs: K8sObject[], kind: string, name: string): T {
+  const found = objs.filter((o) => o.kind === kind && o.metadata.name === name)
+  if (found.length !== 1) throw new Error(`expected one ${kind} ${name}, found ${found.length}`)
+  return found[0] as unknown as T
+}
+
+const podSpec = (w: IDeployment | IDaemonSet): IPodSpec => {
+  const spec = w.spec?.template.spec
+  if (spec === undefined) throw new Error(`${w.kind} ${w.metadata?.name ?? ''} has no pod spec`)
+  return spec
+}
+
+const allContainers = (spec: IPodSpec): Container[] => [...(spec.initContainers ?? []), ...spec.containers]
+
+const matches = (selector: Record<string, string> | undefined, labels: Record<string, string> | undefined): boolean =>
+  selector !== undefined && Object.keys(selector).length > 0 && Object.entries(selector).every(([k, v]) => labels?.[k] === v)
+
+/** The config a workload reads: the ConfigMap mounted at the directory of its --config file. */
+function configOf(objs: K8sObject[], w: IDeployment | IDaemonSet, c: Container): { text: string; config: Config; configMap: string } {
+  const args = c.args ?? []
+  const flag = args.findIndex((a) => a === '--config' || a.startsWith('--config='))
+  if (flag < 0) throw new Error(`${c.name}: no --config`)
+  const file = args[flag]?.includes('=') ? (args[flag] as string).split('=')[1] as string : (args[flag + 1] as string)
+  const dir = file.slice(0, file.lastIndexOf('/'))
+  const mount = (c.volumeMounts ?? []).find((m) => m.mountPath === dir)
+  if (mount === undefined) throw new Error(`${c.name}: nothing mounted at ${dir}`)
+  const volume = (podSpec(w).volumes ?? []).find((v) => v.name === mount.name)
+  const cmName = volume?.configMap?.name
+  if (cmName === undefined) throw new Error(`${c.name}: ${dir} is not a ConfigMap`)
+  const cm = objs.find((o) => o.kind === 'ConfigMap' && o.metadata.name === cmName && o.metadata.namespace === w.metadata?.namespace) as IConfigMap | undefined
+  if (cm === undefined) throw new Error(`${c.name}: ConfigMap ${cmName} is not in namespace ${w.metadata?.namespace ?? ''}`)
+  const text = cm.data?.[file.slice(dir.length + 1)]
+  if (text === undefined) throw new Error(`${c.name}: ConfigMap ${cmName} has no ${file.slice(dir.length + 1)}`)
+  return { text, config: validateConfig(parseYaml(text), { env: {} }), configMap: cmName }
+}
+
+/** `$(VAR)` as the kubelet expands it in command and args, from the container's own env. */
+function expandArgs(c: Container): string[] {
+  const env = new Map((c.env ?? []).map((e) => [e.name, e.value ?? '']))
+  return (c.args ?? []).map((a) => a.replace(/\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g, (whole, name: string) => env.get(name) ?? whole))
+}
+
+const flagValue = (args: string[], name: string): string | undefined => {
+  const i = args.findIndex((a) => a === `--${name}` || a.startsWith(`--${name}=`))
+  if (i < 0) return undefined
+  return args[i]?.includes('=') ? args[i]?.slice(name.length + 3) : args[i + 1]
+}
+
+// ------------------------------------------------------------ checks shared by base and overlays
+
+function checkMirrorWorkload(t: Tap, objs: K8sObject[], d: IDeployment): void {
+  const spec = podSpec(d)
+  const name = d.metadata?.name ?? ''
+  const c = spec.containers[0] as Container
+  t.equal(spec.containers.length, 1, `${name}: one container`)
+  t.same(c.args, ['serve', '--config', '/etc/stevedore/config.yaml'], `${name}: serve with the mounted config`)
+  const { config } = configOf(objs, d, c)
+  const http = (c.ports ?? []).find((p) => p.name === 'http')
+  t.equal(http?.containerPort, config.listen.port, `${name}: the container port is the config's listen port`)
+  t.equal(config.listen.host, '0.0.0.0', `${name}: listens on every address of the pod`)
+  for (const [probe, path] of [['livenessProbe', '/healthz'], ['readinessProbe', '/readyz']] as const) {
+    const p = c[probe]
+    t.equal(p?.httpGet?.path, path, `${name}: ${probe} on ${path}`)
+    t.equal(p?.httpGet?.port, 'http', `${name}: ${probe} on the http port`)
+  }
+  // Hardening (Pod Security "restricted").
+  t.equal(spec.securityContext?.runAsNonRoot, true, `${name}: runAsNonRoot`)
+  t.not(spec.securityContext?.runAsUser, 0, `${name}: not uid 0`)
+  t.equal(spec.securityContext?.seccompProfile?.type, 'RuntimeDefault', `${name}: seccomp RuntimeDefault`)
+  t.equal(c.securityContext?.readOnlyRootFilesystem, true, `${name}: read-only root filesystem`)
+  t.equal(c.securityContext?.allowPrivilegeEscalation, false, `${name}: no privilege escalation`)
+  t.same(c.securityContext?.capabilities?.drop, ['ALL'], `${name}: every capability dropped`)
+  t.notOk(c.securityContext?.capabilities?.add, `${name}: none added`)
+  t.equal(spec.automountServiceAccountToken, false, `${name}: no API token`)
+  t.ok(c.resources?.requests?.['cpu'] !== undefined && c.resources.requests['memory'] !== undefined, `${name}: resource requests`)
+  t.ok(c.resources?.limits?.['memory'] !== undefined, `${name}: a memory limit`)
+  const mounts = new Map((c.volumeMounts ?? []).map((m) => [m.mountPath, m]))
+  t.ok(mounts.has('/tmp'), `${name}: a writable /tmp beside the read-only root`)
+  t.ok(mounts.has('/var/lib/stevedore'), `${name}: the cache folder is a volume`)
+  if (config.storage.backend.kind === 'filesystem') t.equal(config.storage.backend.root, '/var/lib/stevedore', `${name}: the config's storage root is that volume`)
+  else t.ok(config.storage.backend.spoolDir.startsWith('/var/lib/stevedore/') || config.storage.backend.spoolDir.startsWith('/tmp/'), `${name}: the S3 spool is on a writable volume`)
+  for (const m of c.volumeMounts ?? []) t.ok((spec.volumes ?? []).some((v) => v.name === m.name), `${name}: volume ${m.name} exists`)
+  t.ok(all<IServiceAccount>(objs, 'ServiceAccount').some((sa) => sa.metadata?.name === spec.serviceAccountName && sa.metadata?.namespace === d.metadata?.namespace), `${name}: its ServiceAccount exists`)
+}
+
+type Tap = Parameters<typeof requireTools>[0]
+
+function checkNodeAgent(t: Tap, objs: K8sObject[]): { ds: IDaemonSet; service: IService } {
+  const ds = one<IDaemonSet>(objs, 'DaemonSet', 'stevedore-node')
+  const spec = podSpec(ds)
+  const service = one<IService>(objs, 'Service', 'stevedore')
+  const clusterIP = service.spec?.clusterIP
+  t.match(clusterIP, /^\d+\.\d+\.\d+\.\d+$/, 'the Service has a fixed clusterIP')
+  t.equal(service.spec?.type ?? 'ClusterIP', 'ClusterIP')
+  const servicePort = (service.spec?.ports ?? []).find((p) => p.name === 'http')
+  const mirrorUrl = `http://${clusterIP ?? ''}:${servicePort?.port ?? ''}`
+
+  t.same(spec.tolerations, [{ operator: 'Exists' }], 'tolerates every taint')
+  t.equal(spec.securityContext?.runAsUser, 0, 'runs as root (certs.d belongs to root)')
+  t.equal(spec.automountServiceAccountToken, false, 'no API token')
+  t.notOk(spec.hostNetwork || spec.hostPID || spec.hostIPC, 'no host namespaces')
+  const hostPaths = (spec.volumes ?? []).filter((v) => v.hostPath !== undefined)
+  t.equal(hostPaths.length, 1, 'exactly one hostPath')
+  t.equal(hostPaths[0]?.hostPath?.path, '/etc/containerd/certs.d', 'the node\'s containerd certs.d')
+  const init = (spec.initContainers ?? [])[0]
+  t.ok(init, 'an init container writes the files before anything else')
+  t.equal(spec.containers.length, 1)
+  for (const c of allContainers(spec)) {
+    const args = expandArgs(c)
+    t.equal(args[0], 'hosts', `${c.name}: runs stevedore hosts`)
+    t.equal(flagValue(args, 'mirror'), mirrorUrl, `${c.name}: the mirror address is the Service's clusterIP and port`)
+    const dir = flagValue(args, 'dir')
+    const mount = (c.volumeMounts ?? []).find((m) => m.name === hostPaths[0]?.name)
+    t.equal(mount?.mountPath, dir, `${c.name}: --dir is where the hostPath is mounted`)
+    t.notOk(mount?.readOnly, `${c.name}: writable`)
+    t.equal(c.securityContext?.readOnlyRootFilesystem, true, `${c.name}: read-only root filesystem`)
+    t.equal(c.securityContext?.allowPrivilegeEscalation, false, `${c.name}: no privilege escalation`)
+    t.not(c.securityContext?.privileged, true, `${c.name}: not privileged`)
+    t.same(c.securityContext?.capabilities?.drop, ['ALL'], `${c.name}: every capability dropped`)
+    t.notOk(c.securityContext?.capabilities?.add, `${c.name}: none added`)
+    t.notOk(c.command, `${c.name}: the image's ENTRYPOINT runs it`)
+  }
+  const main = spec.containers[0] as Container
+  t.ok(expandArgs(main).includes('--watch'), 'the long-running container re-applies (--watch)')
+  t.same(expandArgs(main).filter((a) => a !== '--watch' && a !== '--remove-on-exit'), expandArgs(init as Container), 'with the same arguments as the init container')
+
+  // The node agent reads the mirror's upstreams: same upstreams as the mirror it points at.
+  const mirror = one<IDeployment>(objs, 'Deployment', 'stevedore')
+  const agentConfig = configOf(objs, ds, main).config
+  const mirrorConfig = configOf(objs, mirror, podSpec(mirror).containers[0] as Container).config
+  t.same([...agentConfig.upstreams.keys()], [...mirrorConfig.upstreams.keys()], 'the node agent writes a file for each of the mirror\'s upstreams')
+
+  const ns = one<INamespace>(objs, 'Namespace', ds.metadata?.namespace ?? '')
+  t.equal(ns.metadata?.labels?.['pod-security.kubernetes.io/enforce'], 'privileged', 'its namespace allows hostPath: Pod Security "privileged"')
+  t.not(ds.metadata?.namespace, mirror.metadata?.namespace, 'apart from the mirror, whose namespace stays "restricted"')
+  t.equal(one<INamespace>(objs, 'Namespace', mirror.metadata?.namespace ?? '').metadata?.labels?.['pod-security.kubernetes.io/enforce'], 'restricted')
+  return { ds, service }
+}
+
+function checkService(t: Tap, objs: K8sObject[]): void {
+  const service = one<IService>(objs, 'Service', 'stevedore')
+  const mirror = one<IDeployment>(objs, 'Deployment', 'stevedore')
+  const selected = all<IDeployment>(objs, 'Deployment').filter((d) => matches(service.spec?.selector, d.spec?.template.metadata?.labels))
+  t.same(selected.map((d) => d.metadata?.name), ['stevedore'], 'the Service selects the serving pods, and only those')
+  const port = (service.spec?.ports ?? [])[0]
+  const c = podSpec(mirror).containers[0] as Container
+  t.ok((c.ports ?? []).some((p) => p.name === port?.targetPort || p.containerPort === port?.targetPort), 'the Service targets the container port')
+  const np = all<INetworkPolicy>(objs, 'NetworkPolicy').find((p) => p.metadata?.namespace === mirror.metadata?.namespace)
+  t.ok(np, 'a NetworkPolicy guards the mirror')
+  t.ok((np?.spec?.ingress ?? []).some((r) => (r.ports ?? []).some((p) => p.port === (c.ports ?? [])[0]?.containerPort || p.port === 'http')), 'which lets pulls in on the mirror port')
+}
+
+// ------------------------------------------------------------ tests
+
+const kubectlReady = async (t: Tap): Promise<boolean> => {
+  if (!requireTools(t, 'kubectl')) return false
+  const v = await run('kubectl', ['version', '--client'], { timeoutMs: 30_000 })
+  const m = /Kustomize Version: v(\d+)/.exec(v.stdout)
+  if (m !== null && Number(m[1]) >= 5) return true
+  const why = `kubectl ships no kustomize 5 (${v.stdout.trim() || v.stderr.trim()}); Debian's kubectl is too old for components`
+  if (process.env['REQUIRE_E2E'] === '1') t.fail(why)
+  else void t.skip(why, () => undefined)
+  return false
+}
+
+t.test('every kustomization renders and validates against the Kubernetes schemas', async (t) => {
+  if (!(await kubectlReady(t))) return
+  const dirs = await kustomizations(K8S)
+  for (const expected of ['base', 'components/servicemonitor', 'overlays/s3']) t.ok(dirs.map((d) => relative(K8S, d)).includes(expected), `k8s/${expected} is a kustomization`)
+  const targets = [
+    ...dirs,
+    await withComponents(t, join(K8S, 'base'), [join(K8S, 'components', 'servicemonitor')]),
+    await withComponents(t, join(K8S, 'overlays', 's3'), [join(K8S, 'components', 'servicemonitor')]),
+  ]
+  for (const dir of targets) {
+    const objs = await kustomize(dir)
+    t.ok(objs.length > 0, `${relative(REPO_ROOT, dir)} renders`)
+    for (const o of objs) {
+      t.same(await validateStrictly(o), [], `${relative(REPO_ROOT, dir) || dir}: ${id(o)} is valid`)
+      t.same(apiServerRules(o, objs), [], `${relative(REPO_ROOT, dir) || dir}: ${id(o)} passes the API server's own checks`)
+    }
+    const ids = objs.map(id)
+    t.same(ids, [...new Set(ids)], 'no object twice')
+  }
+  // The strictness itself: a misspelt field is caught.
+  const typo = (await kustomize(join(K8S, 'base'))).find((o) => o.kind === 'Deployment') as IDeployment & K8sObject
+  const c = podSpec(typo).containers[0] as Container
+  const misspelt: Record<string, unknown> = { ...c.securityContext, readOnlyRootFileSystem: true }
+  ;(c as unknown as Record<string, unknown>)['securityContext'] = misspelt
+  t.match(await validateStrictly(typo), ['/spec/template/spec/containers/0/securityContext/readOnlyRootFileSystem: unknown field'])
+  // And so is a name clash between an init container and a container.
+  const ds = (await kustomize(join(K8S, 'base'))).find((o) => o.kind === 'DaemonSet') as IDaemonSet & K8sObject
+  const pod = podSpec(ds)
+  ;(pod.initContainers?.[0] as Container).name = pod.containers[0]?.name ?? ''
+  t.match(apiServerRules(ds, []), [/container name .* used twice/])
+})
+
+t.test('base: one mirror on one disk, the Service at a fixed clusterIP, a node agent that points at it', async (t) => {
+  if (!(await kubectlReady(t))) return
+  const objs = await kustomize(join(K8S, 'base'))
+  t.same(objs.map((o) => o.kind).sort(), [
+    'ConfigMap', 'ConfigMap', 'DaemonSet', 'Deployment', 'Namespace', 'Namespace', 'NetworkPolicy', 'NetworkPolicy',
+    'PersistentVolumeClaim', 'Service', 'ServiceAccount', 'ServiceAccount',
+  ])
+  const mirror = one<IDeployment>(objs, 'Deployment', 'stevedore')
+  t.equal(mirror.spec?.replicas, 1, 'one replica')
+  t.equal(mirror.spec?.strategy?.type, 'Recreate', 'the old pod lets go of the ReadWriteOnce volume before the new one starts')
+  const cache = (podSpec(mirror).volumes ?? []).find((v) => v.name === 'cache')
+  t.equal(cache?.persistentVolumeClaim?.claimName, 'stevedore-cache', 'the cache is a PVC')
+  const pvc = objs.find((o) => o.kind === 'PersistentVolumeClaim') as K8sObject & { spec?: { accessModes?: string[] } }
+  t.equal(pvc.metadata.name, 'stevedore-cache')
+  t.same(pvc.spec?.accessModes, ['ReadWriteOnce'])
+  checkMirrorWorkload(t, objs, mirror)
+  checkService(t, objs)
+  checkNodeAgent(t, objs)
+  const config = configOf(objs, mirror, podSpec(mirror).containers[0] as Container).config
+  t.equal(config.storage.evict, true, 'the only replica evicts')
+  t.ok(config.storage.maxSize !== undefined && config.storage.maxSize < 50 * 1024 ** 3, 'storage.maxSize stays under the 50Gi volume')
+
+  // One image for everything, and the namespaces exist.
+  const images = new Set(all<IDeployment | IDaemonSet>(objs, 'Deployment').concat(all(objs, 'DaemonSet')).flatMap((w) => allContainers(podSpec(w)).map((c) => c.image)))
+  t.equal(images.size, 1, 'one image')
+  const namespaces = new Set(all<INamespace>(objs, 'Namespace').map((n) => n.metadata?.name))
+  for (const o of objs) if (o.kind !== 'Namespace') t.ok(namespaces.has(o.metadata.namespace), `${id(o)}: its namespace is created here`)
+})
+
+t.test('the clusterIP is set in one place: a new one reaches the node agent', async (t) => {
+  if (!(await kubectlReady(t))) return
+  const work = await tempDir(t, 'stevedore-kustomize-ip')
+  const copy = join(work, 'k8s')
+  await run('cp', ['-r', K8S, copy])
+  const servicePath = join(copy, 'base', 'service.yaml')
+  const text = await readFile(servicePath, 'utf8')
+  t.equal(text.match(/clusterIP: \S+/g)?.length, 1)
+  await writeFile(servicePath, text.replace(/clusterIP: \S+/, 'clusterIP: 10.100.7.7'))
+  for (const dir of ['base', 'overlays/s3']) {
+    const ds = one<IDaemonSet>(await kustomize(join(copy, dir)), 'DaemonSet', 'stevedore-node')
+    for (const c of allContainers(podSpec(ds))) t.equal(flagValue(expandArgs(c), 'mirror'), 'http://10.100.7.7:5000', `${dir}: ${c.name}`)
+  }
+  for (const f of ['node-agent.yaml', 'kustomization.yaml']) {
+    t.notMatch(await readFile(join(copy, 'base', f), 'utf8'), /10\.100\.7\.7/, `${f} did not need editing`)
+  }
+})
+
+t.test('S3 overlay: several replicas, one evictor, a PodDisruptionBudget, an autoscaler, an IRSA annotation', async (t) => {
+  if (!(await kubectlReady(t))) return
+  const objs = await kustomize(join(K8S, 'overlays', 's3'))
+  t.notOk(objs.some((o) => o.kind === 'PersistentVolumeClaim'), 'no shared disk')
+  const mirror = one<IDeployment>(objs, 'Deployment', 'stevedore')
+  const evictor = one<IDeployment>(objs, 'Deployment', 'stevedore-evictor')
+  checkMirrorWorkload(t, objs, mirror)
+  checkMirrorWorkload(t, objs, evictor)
+  checkService(t, objs)
+  checkNodeAgent(t, objs)
+  t.equal(mirror.spec?.replicas, undefined, 'the autoscaler owns the replica count')
+  t.equal(mirror.spec?.strategy?.type, 'RollingUpdate')
+  t.equal(mirror.spec?.strategy?.rollingUpdate?.maxUnavailable, 0, 'a rollout never lowers capacity')
+  t.ok((podSpec(mirror).volumes ?? []).every((v) => v.persistentVolumeClaim === undefined), 'no PVC in the pods')
+
+  const hpa = one<IHorizontalPodAutoscaler>(objs, 'HorizontalPodAutoscaler', 'stevedore')
+  t.same(hpa.spec.scaleTargetRef, { apiVersion: 'apps/v1', kind: 'Deployment', name: 'stevedore' })
+  t.ok((hpa.spec.minReplicas ?? 1) >= 2, `several replicas (at least ${hpa.spec.minReplicas ?? 1})`)
+  t.ok(hpa.spec.maxReplicas > (hpa.spec.minReplicas ?? 1))
+  const pdb = one<IPodDisruptionBudget>(objs, 'PodDisruptionBudget', 'stevedore')
+  t.ok(matches(pdb.spec?.selector?.matchLabels, mirror.spec?.template.metadata?.labels), 'the PDB covers the serving pods')
+  t.notOk(matches(pdb.spec?.selector?.matchLabels, evictor.spec?.template.metadata?.labels), 'not the evictor')
+  t.ok(pdb.spec?.maxUnavailable !== undefined || pdb.spec?.minAvailable !== undefined)
+
+  const main = configOf(objs, mirror, podSpec(mirror).containers[0] as Container)
+  const ev = configOf(objs, evictor, podSpec(evictor).containers[0] as Container)
+  t.equal(main.config.storage.backend.kind, 's3')
+  t.equal(main.config.storage.evict, false, 'serving replicas never evict')
+  t.equal(ev.config.storage.evict, true, 'the evictor does')
+  t.equal(evictor.spec?.replicas, 1, 'one evictor')
+  t.equal(evictor.spec?.strategy?.type, 'Recreate', 'never two at once')
+  t.ok(main.config.storage.maxSize !== undefined, 'a quota to evict down to')
+  const strip = (text: string): unknown => {
+    const doc = parseYaml(text) as { storage: Record<string, unknown> }
+    delete doc.storage['evict']
+    return doc
+  }
+  t.same(strip(ev.text), strip(main.text), 'the evictor\'s config is the serving config but for storage.evict')
+  const deployments = all<IDeployment>(objs, 'Deployment').map((d) => configOf(objs, d, podSpec(d).containers[0] as Container).config.storage.evict)
+  t.same(deployments.filter(Boolean).length, 1, 'exactly one workload evicts')
+
+  const sa = one<IServiceAccount>(objs, 'ServiceAccount', 'stevedore')
+  t.match(sa.metadata?.annotations?.['eks.amazonaws.com/role-arn'], /^arn:aws:iam::\d{12}:role\//, 'an IRSA role annotation to fill in')
+  t.equal(podSpec(mirror).serviceAccountName, 'stevedore')
+  t.equal(podSpec(evictor).serviceAccountName, 'stevedore')
+})
+
+t.test('the ServiceMonitor component scrapes the mirror\'s /metrics', async (t) => {
+  if (!(await kubectlReady(t))) return
+  const objs = await kustomize(await withComponents(t, join(K8S, 'base'), [join(K8S, 'components', 'servicemonitor')]))
+  const sm = one<IServiceMonitor>(objs, 'ServiceMonitor', 'stevedore')
+  const service = one<IService>(objs, 'Service', 'stevedore')
+  t.ok(matches(sm.spec.selector.matchLabels, service.metadata?.labels), 'it selects the Service')
+  t.equal(sm.metadata?.namespace, service.metadata?.namespace)
+  const ep = sm.spec.endpoints?.[0]
+  t.ok((service.spec?.ports ?? []).some((p) => p.name === ep?.port), 'on a named Service port')
+  t.equal(ep?.path, '/metrics')
+})
+
+t.test('the rendered config and probe paths work against the real mirror', async (t) => {
+  if (!(await kubectlReady(t))) return
+  const objs = await kustomize(join(K8S, 'base'))
+  const mirrorDeployment = one<IDeployment>(objs, 'Deployment', 'stevedore')
+  const c = podSpec(mirrorDeployment).containers[0] as Container
+  const { text } = configOf(objs, mirrorDeployment, c)
+  const doc = parseYaml(text) as Record<string, unknown> & { storage: Record<string, unknown> }
+  const work = await tempDir(t, 'stevedore-k8s-probes')
+  doc.storage = { ...doc.storage, filesystem: { root: join(work, 'cache') } } // the PVC, here
+  const mirror = await startMirror(t, { config: doc })
+  for (const probe of [c.startupProbe, c.livenessProbe, c.readinessProbe]) {
+    const path = probe?.httpGet?.path
+    if (path === undefined) continue
+    const res = await fetch(`${mirror.url}${path}`)
+    t.equal(res.status, 200, `GET ${path} answers 200`)
+  }
+  t.equal((await fetch(`${mirror.url}/metrics`)).status, 200, 'GET /metrics (the ServiceMonitor\'s path) answers 200')
+})
