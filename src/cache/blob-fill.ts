@@ -1,31 +1,39 @@
-import { randomUUID } from 'node:crypto'
+import { randomUUID, type Hash } from 'node:crypto'
 import { mkdir, open, rm, type FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Readable } from 'node:stream'
 import type { Logger } from 'pino'
-import { parseDigest } from '../oci/digest.js'
+import { newHash, parseDigest, type DigestAlgorithm } from '../oci/digest.js'
 import { RegistryError } from '../oci/errors.js'
 import { DigestMismatchError, type BlobStore, type BlobWriter } from '../storage/blob-store.js'
-import type { UpstreamClient } from '../upstream/client.js'
+import type { UpstreamBody, UpstreamClient } from '../upstream/client.js'
 import { errorForUpstreamStatus } from '../upstream/errors.js'
 
 // Reads of a fill in progress: large enough to keep syscalls few, small enough that joiners see bytes promptly.
 const READ_CHUNK = 1024 * 1024
+// In pass-through, how far the upstream may run ahead of the one client still served.
+const PASS_THROUGH_WINDOW = 8 * 1024 * 1024
 
 export type FillState = 'connecting' | 'streaming' | 'verified' | 'published' | 'failed'
+export type FillFailure = 'upstream' | 'digest_mismatch' | 'timeout' | 'storage'
 
 export interface FillSource {
   readonly client: UpstreamClient
   readonly repository: string
 }
 
-export type FillFailure = 'upstream' | 'digest_mismatch' | 'timeout' | 'storage'
-
 export interface FillHooks {
   onStart?(fill: BlobFill): void
+  /** Storage failed mid-fill: the fill now serves only the client that started it, and caches nothing. */
+  onPassThrough?(fill: BlobFill): void
   /** Called once when the fill ends, with the outcome; `failure` says why a failed fill failed. */
   onEnd?(fill: BlobFill, outcome: 'published' | 'failed', failure?: FillFailure): void
   onUpstreamBytes?(bytes: number): void
+}
+
+/** The store could not take the bytes (disk full, S3 error): not the upstream's fault. */
+class StorageFailure extends Error {
+  override name = 'StorageFailure'
 }
 
 /**
@@ -34,6 +42,11 @@ export interface FillHooks {
  * FillReader, so N clients cost one upstream GET and one disk write. The fill
  * outlives the client that started it; it ends verified and published, or
  * failed with nothing stored.
+ *
+ * If the store fails mid-way (disk full, S3 down), the fill turns into a
+ * pass-through for the client that started it: that client still gets every
+ * byte, verified, from memory with backpressure; joiners are cut (aborted, so
+ * they retry) and nothing is cached.
  */
 export class BlobFill {
   state: FillState = 'connecting'
@@ -41,6 +54,10 @@ export class BlobFill {
   size: number | undefined
   /** Bytes received and readable from the local file. */
   written = 0
+  /** Bytes received from the upstream (beyond `written` only in pass-through). */
+  received = 0
+  /** True once storage failed and the fill serves only its originator. */
+  passThrough = false
   error: Error | undefined
   readonly upstream: string
   /** Resolves when the upstream answered 200 (size known), rejects when it did not. */
@@ -55,6 +72,11 @@ export class BlobFill {
   private readHandle: FileHandle | undefined
   private refs = 1 // the fill's own
   private spoolPath: string | undefined
+  private originatorGone = false
+  // Pass-through data after `written`, for the originator only; queue[0] starts at queueOffset.
+  private queue: Buffer[] = []
+  private queueOffset = 0
+  private queuedBytes = 0
 
   constructor(
     readonly digest: string,
@@ -87,6 +109,23 @@ export class BlobFill {
     return bytesRead
   }
 
+  /** Pass-through bytes from position on, at most maxLength; frees what lies before position. */
+  takeQueued(position: number, maxLength: number): Buffer | undefined {
+    while (this.queue.length > 0) {
+      const first = this.queue[0] as Buffer
+      if (this.queueOffset + first.byteLength > position) break
+      this.queue.shift()
+      this.queueOffset += first.byteLength
+      this.queuedBytes -= first.byteLength
+    }
+    const first = this.queue[0]
+    if (first === undefined || position < this.queueOffset) return undefined
+    const start = position - this.queueOffset
+    const chunk = first.subarray(start, Math.min(first.byteLength, start + maxLength))
+    this.notify() // the upstream may run ahead again
+    return chunk
+  }
+
   retain(): void {
     this.refs++
   }
@@ -99,29 +138,45 @@ export class BlobFill {
     if (this.spoolPath !== undefined) void rm(this.spoolPath, { force: true })
   }
 
+  /** The originator's reader is gone: in pass-through nobody needs the bytes any more. */
+  originatorLeft(): void {
+    this.originatorGone = true
+    this.notify()
+  }
+
   private notify(): void {
     const waiters = this.waiters
     this.waiters = new Set()
     for (const w of waiters) w()
   }
 
+  private changed(): Promise<void> {
+    return new Promise((resolve) => this.onChange(resolve))
+  }
+
   private async run(): Promise<void> {
     const { log } = this.options
     let writer: BlobWriter | undefined
     let spool: FileHandle | undefined
+    let body: UpstreamBody | undefined
+    let hash: Hash | undefined
     const abort = AbortSignal.timeout(this.options.fillTimeoutMs)
     try {
       const digest = parseDigest(this.digest)
       if (digest === undefined) throw new RegistryError('DIGEST_INVALID', 'invalid digest')
-      writer = await this.store.createWriter(digest.algorithm)
-      if (writer.localPath !== undefined) {
-        this.readHandle = await open(writer.localPath, 'r')
-      } else {
-        // The store writes elsewhere (S3): spool locally so joiners can read what arrived.
-        await mkdir(this.options.spoolDir, { recursive: true })
-        this.spoolPath = join(this.options.spoolDir, randomUUID())
-        spool = await open(this.spoolPath, 'w+')
-        this.readHandle = spool
+      try {
+        writer = await this.store.createWriter(digest.algorithm)
+        if (writer.localPath !== undefined) {
+          this.readHandle = await open(writer.localPath, 'r')
+        } else {
+          // The store writes elsewhere (S3): spool locally so joiners can read what arrived.
+          await mkdir(this.options.spoolDir, { recursive: true })
+          this.spoolPath = join(this.options.spoolDir, randomUUID())
+          spool = await open(this.spoolPath, 'w+')
+          this.readHandle = spool
+        }
+      } catch (err) {
+        throw new StorageFailure(`cannot start writing: ${(err as NodeJS.ErrnoException).code ?? String(err)}`, { cause: err })
       }
       const res = await this.source.client.request({
         method: 'GET',
@@ -129,48 +184,104 @@ export class BlobFill {
         repository: this.source.repository,
         signal: abort,
       })
+      body = res.body
       if (res.status !== 200) {
         await res.body.dump()
-        throw errorForUpstreamStatus(this.source.client.name, res.status, res.headers, new RegistryError('BLOB_UNKNOWN', 'blob unknown to upstream', { detail: { digest: this.digest } }))
+        throw errorForUpstreamStatus(this.upstream, res.status, res.headers, new RegistryError('BLOB_UNKNOWN', 'blob unknown to upstream', { detail: { digest: this.digest } }))
       }
       const length = Number(res.headers['content-length'])
       if (Number.isSafeInteger(length) && length >= 0) this.size = length
       this.state = 'streaming'
       this.resolveReady()
       this.notify()
-      try {
-        for await (const chunk of res.body as AsyncIterable<Buffer>) {
-          if (spool !== undefined) await writeFully(spool, chunk, this.written)
-          await writer.write(chunk)
-          this.written += chunk.byteLength
-          this.options.hooks.onUpstreamBytes?.(chunk.byteLength)
-          if (this.size !== undefined && this.written > this.size) throw new RegistryError('UPSTREAM_ERROR', 'upstream sent more bytes than it announced')
-          this.notify()
+      for await (const chunk of res.body as AsyncIterable<Buffer>) {
+        this.received += chunk.byteLength
+        this.options.hooks.onUpstreamBytes?.(chunk.byteLength)
+        if (this.size !== undefined && this.received > this.size) throw new RegistryError('UPSTREAM_ERROR', 'upstream sent more bytes than it announced')
+        if (writer !== undefined) {
+          try {
+            if (spool !== undefined) await writeFully(spool, chunk, this.written)
+            await writer.write(chunk)
+            this.written += chunk.byteLength
+          } catch (err) {
+            const failed = writer
+            writer = undefined
+            hash = await this.enterPassThrough(err, failed, digest.algorithm)
+          }
         }
-      } finally {
-        if (!res.body.destroyed) res.body.destroy()
+        if (hash !== undefined) {
+          this.queue.push(chunk)
+          this.queuedBytes += chunk.byteLength
+          hash.update(chunk)
+          while (this.queuedBytes > PASS_THROUGH_WINDOW && !this.originatorGone) await this.changed()
+          if (this.originatorGone) throw new StorageFailure('storage failed and the client that started the fill left')
+        }
+        this.notify()
       }
-      await writer.commit(this.digest, this.size ?? this.written, () => {
-        this.size ??= this.written
+      if (hash !== undefined || writer === undefined) {
+        if (hash === undefined) throw new StorageFailure('storage failed')
+        const actual = `${digest.algorithm}:${hash.digest('hex')}`
+        if (actual !== this.digest || (this.size !== undefined && this.received !== this.size)) {
+          throw new DigestMismatchError(this.digest, actual, this.size ?? this.received, this.received)
+        }
+        this.size ??= this.received
         this.state = 'verified'
         this.notify()
-      })
+        throw new StorageFailure('served without caching: storage failed mid-fill')
+      }
+      const w = writer
+      try {
+        await w.commit(this.digest, this.size ?? this.written, () => {
+          this.size ??= this.written
+          this.state = 'verified'
+          this.notify()
+        })
+      } catch (err) {
+        if (err instanceof DigestMismatchError) throw err
+        throw new StorageFailure(`cannot publish: ${(err as NodeJS.ErrnoException).code ?? String(err)}`, { cause: err })
+      }
+      writer = undefined
       this.state = 'published'
       this.notify()
       log.debug({ digest: this.digest, bytes: this.written, ms: Date.now() - this.startedAt }, 'blob fill published')
       this.options.hooks.onEnd?.(this, 'published')
     } catch (err) {
-      const { error, failure } = toFillError(err, this.source.client.name)
+      const { error, failure } = toFillError(err, this.upstream)
       this.error = error
-      this.state = 'failed'
+      // Readers of verified bytes finish reading them; only unverified fills cut their readers.
+      if (this.state !== 'verified') this.state = 'failed'
+      if (body !== undefined && !body.destroyed) body.destroy()
       await writer?.cancel().catch(() => undefined)
       this.rejectReady(error)
       this.notify()
-      log.warn({ digest: this.digest, upstream: this.source.client.name, bytes: this.written, err: error }, 'blob fill failed')
+      const level = failure === 'storage' ? 'error' : 'warn'
+      log[level]({ digest: this.digest, upstream: this.upstream, bytes: this.received, failure, err: error }, this.state === 'verified' ? 'blob served but not cached' : 'blob fill failed')
       this.options.hooks.onEnd?.(this, 'failed', failure)
     } finally {
       this.release()
     }
+  }
+
+  /**
+   * Storage failed: cancel the write, hash what is already in the local file
+   * so the rest can still be verified, and serve only the originator.
+   */
+  private async enterPassThrough(cause: unknown, writer: BlobWriter, algorithm: DigestAlgorithm): Promise<Hash> {
+    this.options.log.error({ digest: this.digest, upstream: this.upstream, written: this.written, err: cause }, 'storage failed mid-fill: passing the blob through uncached')
+    this.passThrough = true
+    await writer.cancel().catch(() => undefined)
+    this.options.hooks.onPassThrough?.(this)
+    const hash = newHash(algorithm)
+    const buffer = Buffer.allocUnsafe(READ_CHUNK)
+    for (let pos = 0; pos < this.written;) {
+      const n = await this.readAt(buffer, Math.min(READ_CHUNK, this.written - pos), pos)
+      if (n <= 0) throw new StorageFailure('cannot re-read the bytes written before storage failed')
+      hash.update(buffer.subarray(0, n))
+      pos += n
+    }
+    this.queueOffset = this.written
+    this.notify() // joiners wake up and see they are cut
+    return hash
   }
 }
 
@@ -183,6 +294,9 @@ async function writeFully(handle: FileHandle, chunk: Buffer, position: number): 
 }
 
 function toFillError(err: unknown, upstream: string): { error: Error; failure: FillFailure } {
+  if (err instanceof StorageFailure) {
+    return { error: new RegistryError('UNAVAILABLE', `cache storage failed: ${err.message}`, { cause: err }), failure: 'storage' }
+  }
   if (err instanceof RegistryError) return { error: err, failure: 'upstream' }
   if (err instanceof DigestMismatchError) {
     const error = new RegistryError('UPSTREAM_ERROR', `upstream ${upstream} sent content that does not match its digest`, { detail: { expected: err.expected, actual: err.actual }, cause: err })
@@ -193,8 +307,7 @@ function toFillError(err: unknown, upstream: string): { error: Error; failure: F
     return { error: new RegistryError('UPSTREAM_ERROR', `blob fill from ${upstream} timed out`, { cause: err }), failure: 'timeout' }
   }
   const code = (err as NodeJS.ErrnoException | null)?.code
-  const failure: FillFailure = code !== undefined && !code.startsWith('UND_') ? 'storage' : 'upstream'
-  return { error: new RegistryError('UPSTREAM_ERROR', `blob transfer from ${upstream} failed`, { detail: { reason: code ?? String(err) }, cause: err }), failure }
+  return { error: new RegistryError('UPSTREAM_ERROR', `blob transfer from ${upstream} failed`, { detail: { reason: code ?? String(err) }, cause: err }), failure: 'upstream' }
 }
 
 /**
@@ -208,8 +321,8 @@ export class FillReader extends Readable {
   private unsubscribe: (() => void) | undefined
   private reading = false
 
-  /** end is inclusive; undefined means to the end of the blob. */
-  constructor(private readonly fill: BlobFill, start: number, private readonly end: number | undefined) {
+  /** end is inclusive; undefined means to the end of the blob. The originator is the request that started the fill. */
+  constructor(private readonly fill: BlobFill, start: number, private readonly end: number | undefined, private readonly originator: boolean) {
     super({ highWaterMark: READ_CHUNK })
     this.pos = start
     fill.retain()
@@ -229,28 +342,40 @@ export class FillReader extends Readable {
           this.destroy(fill.error ?? new Error('fill failed'))
           return
         }
+        if (fill.passThrough && !this.originator) {
+          this.destroy(new Error('cache storage failed; retry'))
+          return
+        }
         const verified = fill.state === 'verified' || fill.state === 'published'
+        const available = fill.passThrough ? fill.received : fill.written
         const total = fill.size
         const endExclusive = this.end !== undefined ? this.end + 1 : total
-        // Everything written is readable, except the very last byte of the blob until verified.
-        let limit = verified ? fill.written : Math.min(fill.written, total !== undefined ? total - 1 : fill.written - 1)
+        // Everything received is readable, except the very last byte of the blob until verified.
+        let limit = verified ? available : Math.min(available, total !== undefined ? total - 1 : available - 1)
         if (endExclusive !== undefined) limit = Math.min(limit, endExclusive)
         if (this.pos < limit) {
           const length = Math.min(limit - this.pos, READ_CHUNK)
-          const buffer = Buffer.allocUnsafe(length)
-          const n = await fill.readAt(buffer, length, this.pos)
+          let chunk: Buffer | undefined
+          if (this.pos < fill.written) {
+            const buffer = Buffer.allocUnsafe(Math.min(length, fill.written - this.pos))
+            const n = await fill.readAt(buffer, buffer.byteLength, this.pos)
+            if (n <= 0) throw new Error('short read from fill')
+            chunk = n === buffer.byteLength ? buffer : buffer.subarray(0, n)
+          } else {
+            chunk = fill.takeQueued(this.pos, length)
+          }
           if (this.destroyed) return
-          if (n <= 0) throw new Error('short read from fill')
-          this.pos += n
-          if (!this.push(n === length ? buffer : buffer.subarray(0, n))) return
-          continue
-        }
-        if (verified && (endExclusive === undefined || this.pos >= Math.min(endExclusive, fill.written))) {
+          if (chunk !== undefined && chunk.byteLength > 0) {
+            this.pos += chunk.byteLength
+            if (!this.push(chunk)) return
+            continue
+          }
+        } else if (verified && (endExclusive === undefined || this.pos >= Math.min(endExclusive, available))) {
           this.push(null)
           return
         }
         await new Promise<void>((resolve) => {
-          this.unsubscribe = fill.onChange(resolve)
+          this.unsubscribe = this.fill.onChange(resolve)
         })
         this.unsubscribe = undefined
       }
@@ -263,6 +388,7 @@ export class FillReader extends Readable {
 
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
     this.unsubscribe?.()
+    if (this.originator) this.fill.originatorLeft()
     this.fill.release()
     cb(err)
   }

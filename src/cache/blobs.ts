@@ -80,7 +80,7 @@ export class BlobService {
     await fill.ready
     const size = fill.size
     const range = size !== undefined ? parseRange(rangeHeader, size) : undefined
-    const body = new FillReader(fill, range?.start ?? 0, range?.end)
+    const body = new FillReader(fill, range?.start ?? 0, range?.end, !joined)
     return { cache: joined ? 'joined' : 'miss', size: size ?? -1, body, ...(range !== undefined ? { range } : {}) }
   }
 
@@ -116,6 +116,11 @@ export class BlobService {
       log: this.options.log,
       hooks: {
         ...hooks,
+        // Joining a fill that no longer caches would only get a client cut: let the next request start its own.
+        onPassThrough: (f) => {
+          if (this.fills.get(f.digest) === f) this.fills.delete(f.digest)
+          hooks.onPassThrough?.(f)
+        },
         onEnd: (f, outcome, failure) => {
           // Only now may a new request start another fill: the store has the blob, or nothing.
           if (this.fills.get(f.digest) === f) this.fills.delete(f.digest)
