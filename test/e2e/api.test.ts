@@ -53,6 +53,7 @@ t.test('mirror API against a real distribution registry', async (t) => {
   await t.test('a tag within its TTL is answered without asking the upstream', async (t) => {
     s.registry.resetRequests()
     for (let i = 0; i < 5; i++) t.equal((await get(`${base}/manifests/oci`)).status, 200)
+    await s.registry.settle()
     t.equal(s.registry.count('*', '/manifests/'), 0, 'no upstream manifest request')
     const log = s.mirror.logs().filter((l) => l['msg'] === 'request' && l['tag'] === 'oci').at(-1)
     t.equal(log?.['cache'], 'hit')
@@ -66,6 +67,7 @@ t.test('mirror API against a real distribution registry', async (t) => {
     const head = await get(`${base}/blobs/${layer.digest}`, {}, 'HEAD')
     t.equal(head.status, 200, 'HEAD on a miss')
     t.equal(head.headers['content-length'], String(layer.size))
+    await s.registry.settle()
     t.equal(s.registry.count('HEAD', `/blobs/${layer.digest}`), 1, 'a HEAD on a miss asks the upstream (never a false 404)')
     t.notOk(existsSync(cachedBlobPath(s.cacheRoot, layer.digest)), 'a HEAD does not fill the cache')
 
@@ -82,6 +84,7 @@ t.test('mirror API against a real distribution registry', async (t) => {
     t.equal(full.headers['accept-ranges'], 'bytes')
     t.equal(full.headers['docker-content-digest'], layer.digest)
     t.equal(full.headers['content-length'], String(layer.size))
+    await s.registry.settle()
     t.equal(s.registry.count('GET', `/blobs/${layer.digest}`), 1, 'one upstream GET in all')
 
     const mid = await get(`${base}/blobs/${layer.digest}`, { range: 'bytes=10-19' })

@@ -39,6 +39,7 @@ t.test('an upstream that sends wrong bytes for a digest: nothing cached, the cli
 
   const second = await fetchHashed(url)
   t.ok(second.error, 'a second request fails again (it is not served from a bad cache)')
+  await s.registry.settle()
   t.equal(s.registry.count('GET', `/blobs/${layer.digest}`), 2, 'and it went to the upstream again')
   const fails = s.mirror.logs().filter((l) => l['msg'] === 'blob fill failed')
   t.ok(fails.some((l) => JSON.stringify(l).includes('does not match')), 'the mismatch is logged')
@@ -86,12 +87,15 @@ t.test('20 clients at once on a cold 100 MB blob make one upstream GET and all g
   const mirror = await startMirror(t, { config: mirrorConfig(registry, cacheRoot) })
   const url = `${mirror.url}/v2/big/blob/blobs/${digest}`
   const answers = await Promise.all(Array.from({ length: 20 }, () => fetchHashed(url)))
+  await registry.settle()
   t.equal(registry.count('GET', `/blobs/${digest}`), 1, 'exactly one upstream GET')
   t.ok(answers.every((a) => a.status === 200 && a.error === undefined && a.bytes === 100 * MB && a.digest === digest), 'every client got every byte, verified')
+  await mirror.settle()
   const results = mirror.logs().filter((l) => l['msg'] === 'request' && l['digest'] === digest).map((l) => l['cache'])
   t.equal(results.filter((r) => r === 'miss').length, 1, 'one miss')
   t.equal(results.length, 20, 'twenty log lines')
-  t.ok(existsSync(cachedBlobPath(cacheRoot, digest)), 'cached')
+  // The last byte goes out once verified, a moment before the blob is published.
+  await waitFor(async () => existsSync(cachedBlobPath(cacheRoot, digest)), 10_000, 'cached')
 })
 
 t.test('a client that disconnects early does not stop the fill; restart serves from disk without the upstream', async (t) => {
@@ -103,6 +107,7 @@ t.test('a client that disconnects early does not stop the fill; restart serves f
   const partial = await fetchHashed(url, { abortAfterBytes: 64 * 1024 })
   t.ok(partial.bytes < layer.size, 'the client left early')
   await waitFor(async () => existsSync(cachedBlobPath(s.cacheRoot, layer.digest)), 15_000, 'the fill completed')
+  await s.registry.settle()
   t.equal(s.registry.count('GET', `/blobs/${layer.digest}`), 1)
   // Warm everything else the image needs.
   t.equal((await fetchAll(`${s.mirror.url}/v2/${s.repo}/manifests/oci`)).status, 200)

@@ -45,6 +45,7 @@ t.test('tags: stale-while-revalidate, maximum stale age, remembered 404s, single
     s.registry.resetRequests()
     const answers = await Promise.all(Array.from({ length: 20 }, () => fetchAll(`${base}/manifests/oci`)))
     t.ok(answers.every((a) => a.status === 200 && a.body.equals(s.oci.manifest)))
+    await s.registry.settle()
     t.equal(s.registry.count('HEAD', '/manifests/oci'), 1, 'one HEAD')
     t.equal(s.registry.count('GET', '/manifests/'), 1, 'one GET')
   })
@@ -59,6 +60,7 @@ t.test('tags: stale-while-revalidate, maximum stale age, remembered 404s, single
     t.ok(answers.every((a) => a.headers['docker-content-digest'] === s.oci.digest), 'every answer is the cached (old) digest')
     t.equal((await lastLog(s.mirror, 'oci', n + 10))?.['cache'], 'stale')
     await waitFor(async () => (await fetchAll(`${base}/manifests/oci`)).headers['docker-content-digest'] === s.docker.digest, 5000, 'the background HEAD updated the tag')
+    await s.registry.settle()
     t.equal(s.registry.count('HEAD', '/manifests/oci'), 1, 'one background HEAD for ten stale answers')
   })
 
@@ -79,6 +81,7 @@ t.test('tags: stale-while-revalidate, maximum stale age, remembered 404s, single
     s.registry.resetRequests()
     t.equal((await fetchAll(`${base}/manifests/later`)).status, 404)
     t.equal((await fetchAll(`${base}/manifests/later`)).status, 404)
+    await s.registry.settle()
     t.equal(s.registry.count('HEAD', '/manifests/later'), 1, 'the second 404 came from memory')
   })
 })
