@@ -28,6 +28,7 @@ interface Entry {
   atime: number
 }
 
+/** What one eviction pass removed. */
 export interface EvictionResult {
   /** Blobs and manifest documents removed by this pass. */
   readonly evicted: number
@@ -36,6 +37,7 @@ export interface EvictionResult {
   readonly ids: readonly string[]
 }
 
+/** The quota, the eviction switch, and where logs, metrics and access times go. */
 export interface EvictorOptions {
   /** Quota in bytes over blobs and manifest documents. */
   readonly maxSize: number

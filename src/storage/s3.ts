@@ -28,8 +28,10 @@ import { LayoutError } from './filesystem.js'
 
 /** Bytes buffered per multipart part; S3 wants at least 5 MiB for every part but the last. */
 export const DEFAULT_PART_SIZE = 8 * 1024 * 1024
-/** Parts uploading while the next one fills: memory per fill is (1 + this) × part size. */
+/** Parts uploading while the next one fills: memory per fill is at most (1 + this) × part size. */
 const PARTS_IN_FLIGHT = 2
+/** The first part buffer starts this small and doubles: most blobs (configs, small layers) never need a whole part. */
+const FIRST_BUFFER = 256 * 1024
 /** Lifetime of a presigned redirect URL. */
 const REDIRECT_EXPIRY_SECONDS = 300
 /** A single CopyObject handles up to 5 GiB; larger staged blobs are copied part by part. */
@@ -58,6 +60,7 @@ export class TruncatedReadError extends Error {
   }
 }
 
+/** Tuning and test hooks for S3BlobStore; the configuration says where the bucket is. */
 export interface S3BlobStoreOptions {
   readonly log: Logger
   /** Bytes per multipart part; default DEFAULT_PART_SIZE. */
@@ -167,12 +170,14 @@ export class S3BlobStore implements BlobStore {
     this.presignClient = publicEndpoint !== undefined ? new S3Client({ ...base, endpoint: publicEndpoint }) : this.client
   }
 
+  /** `<prefix>blobs/<alg>/<hex>`. */
   blobKey(digest: string): string {
     const d = parseDigest(digest)
     if (d === undefined) throw new Error(`invalid digest ${JSON.stringify(digest)}`)
     return `${this.prefix}blobs/${d.algorithm}/${d.hex}`
   }
 
+  /** `<prefix>docs/<key>`; throws on a key that is not a clean relative path. */
   documentKey(key: string): string {
     return `${this.prefix}docs/${checkKey(key)}`
   }
@@ -260,12 +265,15 @@ export class S3BlobStore implements BlobStore {
     }
   }
 
+  /** Staged uploads and write probes a crashed process left behind, once older than any live one. */
   private async removeStaleStaging(): Promise<void> {
     const cutoff = Date.now() - this.staleUploadMs
     try {
-      for await (const obj of this.listObjects(`${this.prefix}uploads/`)) {
-        if (obj.lastModified !== undefined && obj.lastModified.getTime() > cutoff) continue
-        await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: obj.key }))
+      for (const dir of ['uploads/', 'probes/']) {
+        for await (const obj of this.listObjects(`${this.prefix}${dir}`)) {
+          if (obj.lastModified !== undefined && obj.lastModified.getTime() > cutoff) continue
+          await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: obj.key }))
+        }
       }
     } catch (err) {
       this.log.warn({ err: describe(err) }, 'could not remove stale staged uploads; going on')
@@ -321,6 +329,11 @@ export class S3BlobStore implements BlobStore {
     return checked
   }
 
+  /**
+   * A writer for one blob. With expectedDigest (the digest the caller will
+   * commit) the multipart upload goes straight to the blob's key; without it,
+   * a blob over one part is staged and copied into place at commit.
+   */
   async createWriter(algorithm: DigestAlgorithm = 'sha256', expectedDigest?: string): Promise<BlobWriter> {
     return new S3BlobWriter(this, algorithm, expectedDigest, this.log)
   }
@@ -541,12 +554,7 @@ class S3BlobWriter implements BlobWriter {
     const partSize = this.store.partSize
     let offset = 0
     while (offset < chunk.byteLength) {
-      const buffer = this.buffer ??= this.spare.pop() ?? Buffer.allocUnsafe(partSize)
-      const n = Math.min(partSize - this.filled, chunk.byteLength - offset)
-      buffer.set(chunk.subarray(offset, offset + n), this.filled)
-      this.filled += n
-      offset += n
-      this.written += n
+      // A full part goes out only once a byte follows it: a blob of exactly one part stays one PutObject.
       if (this.filled === partSize) {
         try {
           await this.sendPart()
@@ -555,7 +563,29 @@ class S3BlobWriter implements BlobWriter {
           throw err
         }
       }
+      const buffer = this.room()
+      const n = Math.min(buffer.byteLength - this.filled, chunk.byteLength - offset)
+      buffer.set(chunk.subarray(offset, offset + n), this.filled)
+      this.filled += n
+      offset += n
+      this.written += n
     }
+  }
+
+  /** The part buffer, with room for at least one more byte (grown up to the part size). */
+  private room(): Buffer {
+    const partSize = this.store.partSize
+    let buffer = this.buffer
+    if (buffer === undefined) {
+      buffer = this.spare.pop() ?? Buffer.allocUnsafe(Math.min(FIRST_BUFFER, partSize))
+      this.buffer = buffer
+    }
+    if (this.filled === buffer.byteLength && buffer.byteLength < partSize) {
+      const bigger = Buffer.allocUnsafe(Math.min(buffer.byteLength * 2, partSize))
+      buffer.copy(bigger, 0, 0, this.filled)
+      this.buffer = buffer = bigger
+    }
+    return buffer
   }
 
   private async startUpload(): Promise<Upload> {

@@ -1,6 +1,6 @@
 // The evictor over a real filesystem store: LRU order, pins, watermarks,
 // persistence of access times across restarts and replicas, manifests.
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { Evictor, HIGH_WATERMARK, LOW_WATERMARK, MANIFEST_SIZE_ESTIMATE, type EvictorOptions } from '../../src/cache/eviction.js'
 import { Metrics } from '../../src/observability/metrics.js'
 import type { BlobStore } from '../../src/storage/blob-store.js'
@@ -13,7 +13,7 @@ import { captureLogger } from '../storage/s3-helpers.js'
 const MAX = 1024 * 1024
 const SIZE = 250_000
 
-async function freshStore(tt: Parameters<Parameters<typeof t.test>[1]>[0]): Promise<FilesystemBlobStore> {
+async function freshStore(tt: Test): Promise<FilesystemBlobStore> {
   const store = new FilesystemBlobStore(await tempDir(tt, 'stevedore-evict'))
   await store.init()
   return store
