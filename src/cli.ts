@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { parseArgs } from 'node:util'
 import { ConfigError } from './config/schema.js'
+import { LayoutError } from './storage/filesystem.js'
 
 const USAGE = `Usage: stevedore <command> [options]
 
@@ -55,7 +56,7 @@ main(process.argv.slice(2)).then(
   },
   (err: unknown) => {
     // One clear line for the operator; a stack only for what we did not foresee.
-    if (err instanceof ConfigError || (err instanceof TypeError && (err as NodeJS.ErrnoException).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION')) {
+    if (err instanceof ConfigError || err instanceof LayoutError || (err instanceof TypeError && (err as NodeJS.ErrnoException).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION')) {
       process.stderr.write(`stevedore: ${err.message}\n`)
     } else {
       process.stderr.write(`stevedore: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`)

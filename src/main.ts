@@ -1,6 +1,6 @@
 import { loadConfig, type LoadOptions } from './config/load.js'
 import { buildApp } from './app.js'
-import { createMirror } from './mirror.js'
+import { createMirror, initStore } from './mirror.js'
 import { createLogger } from './observability/logger.js'
 
 /**
@@ -11,6 +11,7 @@ export async function serve(options: LoadOptions): Promise<number> {
   const config = loadConfig(options)
   const log = createLogger(config.logLevel)
   const mirror = await createMirror(config, log)
+  await initStore(mirror)
   const app = buildApp(mirror)
   await app.listen({ host: config.listen.host, port: config.listen.port })
   log.info({

@@ -9,6 +9,7 @@ import type { Config } from './config/schema.js'
 import { Metrics } from './observability/metrics.js'
 import type { BlobStore } from './storage/blob-store.js'
 import { createBlobStore } from './storage/create.js'
+import { LayoutError } from './storage/filesystem.js'
 import { UpstreamClient } from './upstream/client.js'
 import { RateLimitTracker } from './upstream/rate-limit.js'
 import { Router } from './upstream/router.js'
@@ -37,11 +38,10 @@ export interface MirrorOptions {
   readonly metrics?: Metrics
 }
 
-/** Builds the mirror's services; the store is initialised before this resolves. */
+/** Builds the mirror's services. The store is not initialised yet: see initStore. */
 export async function createMirror(config: Config, log: Logger, options: MirrorOptions = {}): Promise<Mirror> {
   const metrics = options.metrics ?? new Metrics()
   const store = options.store ?? (await createBlobStore(config.storage, log, { fillTimeoutMs: config.timeouts.fillMs }))
-  await store.init()
   const maxSize = config.storage.maxSize
   const evictor = maxSize !== undefined
     ? new Evictor(store, { maxSize, evict: config.storage.evict, log, metrics, instance: `${hostname()}-${config.listen.port}` })
@@ -63,7 +63,11 @@ export async function createMirror(config: Config, log: Logger, options: MirrorO
       onError: (reason) => metrics.upstreamErrors.inc({ upstream: name, reason }),
     }))
   }
-  const manifestStore = new ManifestStore(evictor?.track(store) ?? store, config.cache.memoryBytes)
+  const manifestStore = new ManifestStore(
+    evictor?.track(store) ?? store,
+    config.cache.memoryBytes,
+    evictor !== undefined ? (key, bytes) => evictor.onAccess(key, bytes) : undefined,
+  )
   const manifests = new ManifestService(manifestStore, {
     policy: config.cache,
     log,
@@ -84,8 +88,6 @@ export async function createMirror(config: Config, log: Logger, options: MirrorO
       },
     },
   })
-  // Not awaited: listing a large bucket must not hold up serving; eviction waits for it.
-  evictor?.start().catch((err: unknown) => log.error({ err }, 'eviction: could not list the store'))
   return {
     config,
     log,
@@ -97,10 +99,50 @@ export async function createMirror(config: Config, log: Logger, options: MirrorO
     metrics,
     rateLimits,
     ...(evictor !== undefined ? { evictor } : {}),
-    storeReady: true,
+    storeReady: false,
     async close() {
       await evictor?.stop()
       await Promise.all([...clients.values()].map((c) => c.close()))
     },
   }
+}
+
+/**
+ * Initialises the store, then starts eviction. A store that cannot be reached
+ * yet (S3 down, a bucket not created yet) is retried in the background while
+ * /readyz and /v2/ answer 503; a store that refuses (a layout version we do
+ * not read) stops start-up.
+ */
+export async function initStore(mirror: Mirror, retryMs = 2000): Promise<void> {
+  const { log, store } = mirror
+  const attempt = async (): Promise<boolean> => {
+    try {
+      await store.init()
+    } catch (err) {
+      if (err instanceof LayoutError) throw err
+      log.error({ storage: store.kind, err }, `storage not reachable: ${(err as Error).message}; retrying every ${retryMs / 1000} s, not ready until then`)
+      return false
+    }
+    mirror.storeReady = true
+    // Not awaited: listing a large bucket must not hold up serving; eviction waits for it.
+    mirror.evictor?.start().catch((err: unknown) => log.error({ err }, 'eviction: could not list the store'))
+    return true
+  }
+  if (await attempt()) return
+  const retry = (): void => {
+    const timer = setTimeout(() => {
+      attempt().then(
+        (ok) => {
+          if (ok) log.info({ storage: store.kind }, 'storage reachable: ready')
+          else retry()
+        },
+        (err: unknown) => {
+          log.fatal({ err }, 'storage refused: stopping')
+          process.kill(process.pid, 'SIGTERM')
+        },
+      )
+    }, retryMs)
+    timer.unref()
+  }
+  retry()
 }

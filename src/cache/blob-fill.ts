@@ -165,7 +165,7 @@ export class BlobFill {
       const digest = parseDigest(this.digest)
       if (digest === undefined) throw new RegistryError('DIGEST_INVALID', 'invalid digest')
       try {
-        writer = await this.store.createWriter(digest.algorithm)
+        writer = await this.store.createWriter(digest.algorithm, this.digest)
         if (writer.localPath !== undefined) {
           this.readHandle = await open(writer.localPath, 'r')
         } else {

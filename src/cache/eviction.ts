@@ -410,8 +410,8 @@ class ManifestTrackingStore implements BlobStore {
     return this.inner.read(digest, range)
   }
 
-  createWriter(algorithm?: DigestAlgorithm): Promise<BlobWriter> {
-    return this.inner.createWriter(algorithm)
+  createWriter(algorithm?: DigestAlgorithm, expectedDigest?: string): Promise<BlobWriter> {
+    return this.inner.createWriter(algorithm, expectedDigest)
   }
 
   delete(digest: string): Promise<boolean> {

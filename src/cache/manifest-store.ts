@@ -28,7 +28,11 @@ export class ManifestStore {
   private readonly manifests: LRUCache<string, StoredManifest>
   private readonly tags: LRUCache<string, TagRecord>
 
-  constructor(private readonly store: BlobStore, memoryBytes: number) {
+  /**
+   * onMemoryHit hears of manifests answered from memory, which the store never
+   * sees, so that eviction does not take a hot manifest for a cold one.
+   */
+  constructor(private readonly store: BlobStore, memoryBytes: number, private readonly onMemoryHit?: (key: string, bytes: number) => void) {
     this.manifests = new LRUCache<string, StoredManifest>({
       maxSize: Math.max(memoryBytes, 1),
       sizeCalculation: (m) => m.bytes.byteLength + 200,
@@ -38,7 +42,10 @@ export class ManifestStore {
 
   async getManifest(digest: string): Promise<StoredManifest | undefined> {
     const mem = this.manifests.get(digest)
-    if (mem !== undefined) return mem
+    if (mem !== undefined) {
+      this.onMemoryHit?.(manifestKey(digest), documentHead(mem).byteLength + mem.bytes.byteLength)
+      return mem
+    }
     const doc = await this.store.getDocument(manifestKey(digest))
     if (doc === undefined) return undefined
     const nl = doc.indexOf(0x0a)
@@ -59,8 +66,7 @@ export class ManifestStore {
   }
 
   async putManifest(manifest: StoredManifest): Promise<void> {
-    const head = Buffer.from(`${JSON.stringify({ mediaType: manifest.mediaType })}\n`)
-    await this.store.putDocument(manifestKey(manifest.digest), Buffer.concat([head, manifest.bytes]))
+    await this.store.putDocument(manifestKey(manifest.digest), documentOf(manifest))
     this.manifests.set(manifest.digest, manifest)
   }
 
@@ -97,6 +103,14 @@ export class ManifestStore {
   get memoryBytes(): number {
     return this.manifests.calculatedSize
   }
+}
+
+function documentHead(manifest: StoredManifest): Buffer {
+  return Buffer.from(`${JSON.stringify({ mediaType: manifest.mediaType })}\n`)
+}
+
+function documentOf(manifest: StoredManifest): Buffer {
+  return Buffer.concat([documentHead(manifest), manifest.bytes])
 }
 
 function manifestKey(digest: string): string {

@@ -22,6 +22,8 @@ export function registerRegistryRoutes(app: FastifyInstance, mirror: Mirror): vo
       throw new RegistryError('UNSUPPORTED', 'this registry mirror is read-only', { detail: { method: request.method } })
     }
     if (target.kind === 'base') return reply.type('application/json').send('{}')
+    // Answer at once: containerd moves on to the next host on a 503.
+    if (!mirror.storeReady) throw new RegistryError('UNAVAILABLE', 'cache storage is not reachable yet')
     if (target.kind === 'upload') throw new RegistryError('UNSUPPORTED', 'this registry mirror is read-only')
 
     const query = request.query as Record<string, string | undefined>

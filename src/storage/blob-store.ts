@@ -69,8 +69,12 @@ export interface BlobStore {
   stat(digest: string): Promise<BlobInfo | undefined>
   /** A stream of the blob's bytes, or of the range; throws BlobNotFoundError. A blob removed mid-stream errors the stream, never ends it early. */
   read(digest: string, range?: ByteRange): Promise<Readable>
-  /** Starts writing a new blob, hashed with the algorithm its digest will use. */
-  createWriter(algorithm?: DigestAlgorithm): Promise<BlobWriter>
+  /**
+   * Starts writing a new blob, hashed with the algorithm its digest will use.
+   * expectedDigest, when known, lets a backend write straight to the final
+   * place (S3 multipart to the digest's key); commit still verifies it.
+   */
+  createWriter(algorithm?: DigestAlgorithm, expectedDigest?: string): Promise<BlobWriter>
   /** Removes a blob; false when it was not there. */
   delete(digest: string): Promise<boolean>
   /** Every stored blob, in no particular order. */

@@ -2,7 +2,7 @@
 // that is down, a cold fan-out of 20 clients, clients that leave early,
 // restarts and shutdown.
 import { existsSync } from 'node:fs'
-import { open, readdir, readFile, writeFile, mkdir } from 'node:fs/promises'
+import { open, readdir, writeFile, mkdir } from 'node:fs/promises'
 import { createServer, type Server } from 'node:http'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
