@@ -61,6 +61,7 @@ for (const auth of ['htpasswd', 'token'] as const) {
 
     await t.test('secrets never appear in logs', async (t) => {
       await sleep(100)
+      await s.mirror.settle()
       const out = JSON.stringify(s.mirror.logs()) + s.mirror.stderr()
       t.notMatch(out, password, 'no password')
       t.notMatch(out, /Bearer [A-Za-z0-9._-]{20,}/, 'no token')

@@ -51,6 +51,7 @@ insecure = true
   const viaPrefix = join(dir, 'prefix')
   const p = await run('skopeo', ['--registries-conf', conf, 'copy', `docker://registry.test/${s.repo}:oci`, `oci:${viaPrefix}:oci`], { timeoutMs: 60_000 })
   t.equal(p.code, 0, `skopeo through a prefix mirror: ${p.stderr}`)
+  await s.mirror.settle()
   const prefixed = s.mirror.logs().slice(before).filter((l) => l['msg'] === 'request' && String(l['path']).startsWith(`/v2/registry.test/${s.repo}/`))
   t.ok(prefixed.length >= 2, 'requests arrived with the registry host as path prefix')
   t.ok(prefixed.every((l) => l['upstream'] === 'registry.test' && l['repository'] === s.repo && l['status'] === 200), 'routed to that upstream and answered')
@@ -70,6 +71,7 @@ t.test('containerd pulls through hosts.toml, then again with the upstream down',
     const r = await ctrd.pull(ref, { hostsDir, plainHttp: true })
     t.equal(r.code, 0, `ctr pull ${tag}: ${r.stderr.slice(-500)}`)
   }
+  await s.mirror.settle()
   const viaMirror = s.mirror.logs().filter((l) => l['msg'] === 'request' && String(l['ua']).startsWith('containerd/'))
   t.ok(viaMirror.length > 0, 'containerd sent its requests to the mirror')
   t.ok(viaMirror.every((l) => l['upstream'] === s.registry.host), 'routed by ?ns= to the upstream')
@@ -84,6 +86,7 @@ t.test('containerd pulls through hosts.toml, then again with the upstream down',
     const r = await ctrd.pull(`${s.registry.host}/${s.repo}:${tag}`, { hostsDir, plainHttp: true })
     t.equal(r.code, 0, `ctr pull ${tag} from the mirror alone: ${r.stderr.slice(-500)}`)
   }
+  await s.mirror.settle()
   const stale = s.mirror.logs().filter((l) => l['msg'] === 'request' && String(l['ua']).startsWith('containerd/') && l['tag'] !== undefined)
   t.ok(stale.length > 0, 'tags resolved while the upstream is down')
 })
