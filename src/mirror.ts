@@ -26,7 +26,7 @@ export interface Mirror {
   readonly metrics: Metrics
   readonly rateLimits: RateLimitTracker
   /** Present when storage.maxSize is set. */
-  readonly evictor?: Evictor
+  readonly evictor: Evictor
   /** True once the store has been initialised (for /readyz). */
   storeReady: boolean
   close(): Promise<void>
@@ -42,10 +42,15 @@ export interface MirrorOptions {
 export async function createMirror(config: Config, log: Logger, options: MirrorOptions = {}): Promise<Mirror> {
   const metrics = options.metrics ?? new Metrics()
   const store = options.store ?? (await createBlobStore(config.storage, log, { fillTimeoutMs: config.timeouts.fillMs }))
+  // Without a quota the evictor still tracks sizes, so the cache size is always exported.
   const maxSize = config.storage.maxSize
-  const evictor = maxSize !== undefined
-    ? new Evictor(store, { maxSize, evict: config.storage.evict, log, metrics, instance: `${hostname()}-${config.listen.port}` })
-    : undefined
+  const evictor = new Evictor(store, {
+    maxSize: maxSize ?? Number.POSITIVE_INFINITY,
+    evict: maxSize !== undefined && config.storage.evict,
+    log,
+    metrics,
+    instance: `${hostname()}-${config.listen.port}`,
+  })
   const rateLimits = new RateLimitTracker(config.cache.rateLimitBackoffMs)
   const clients = new Map<string, UpstreamClient>()
   for (const [name, upstream] of config.upstreams) {
@@ -63,11 +68,7 @@ export async function createMirror(config: Config, log: Logger, options: MirrorO
       onError: (reason) => metrics.upstreamErrors.inc({ upstream: name, reason }),
     }))
   }
-  const manifestStore = new ManifestStore(
-    evictor?.track(store) ?? store,
-    config.cache.memoryBytes,
-    evictor !== undefined ? (key, bytes) => evictor.onAccess(key, bytes) : undefined,
-  )
+  const manifestStore = new ManifestStore(evictor.track(store), config.cache.memoryBytes, (key, bytes) => evictor.onAccess(key, bytes))
   const manifests = new ManifestService(manifestStore, {
     policy: config.cache,
     log,
@@ -77,7 +78,8 @@ export async function createMirror(config: Config, log: Logger, options: MirrorO
     fillTimeoutMs: config.timeouts.fillMs,
     spoolDir: config.storage.backend.kind === 's3' ? config.storage.backend.spoolDir : join(config.storage.backend.root, 'tmp'),
     log,
-    ...(evictor !== undefined ? { onAccess: (digest: string, size: number) => evictor.onAccess(digest, size), pin: (digest: string) => evictor.pin(digest) } : {}),
+    onAccess: (digest: string, size: number) => evictor.onAccess(digest, size),
+    pin: (digest: string) => evictor.pin(digest),
     hooks: {
       onUpstreamBytes: (n) => metrics.upstreamBytes.inc(n),
       onStart: () => metrics.fillsInProgress.inc(),
@@ -98,10 +100,10 @@ export async function createMirror(config: Config, log: Logger, options: MirrorO
     blobs,
     metrics,
     rateLimits,
-    ...(evictor !== undefined ? { evictor } : {}),
+    evictor,
     storeReady: false,
     async close() {
-      await evictor?.stop()
+      await evictor.stop()
       await Promise.all([...clients.values()].map((c) => c.close()))
     },
   }
@@ -125,7 +127,7 @@ export async function initStore(mirror: Mirror, retryMs = 2000): Promise<void> {
     }
     mirror.storeReady = true
     // Not awaited: listing a large bucket must not hold up serving; eviction waits for it.
-    mirror.evictor?.start().catch((err: unknown) => log.error({ err }, 'eviction: could not list the store'))
+    mirror.evictor.start().catch((err: unknown) => log.error({ err }, 'eviction: could not list the store'))
     return true
   }
   if (await attempt()) return
