@@ -17,25 +17,30 @@ const readSecret = (path: string): string => readFileSync(path, 'utf8')
  * variables (STEVEDORE_LISTEN, STEVEDORE_LOG_LEVEL), then the file, then the
  * embedded defaults.
  */
+/**
+ * The configuration document, unvalidated: the YAML file named by `file`,
+ * else by STEVEDORE_CONFIG, else the embedded default.
+ */
+export function readConfigDocument(file: string | undefined, env: NodeJS.ProcessEnv): unknown {
+  const path = file ?? (env['STEVEDORE_CONFIG'] || undefined)
+  if (path === undefined) return DEFAULT_CONFIG_DOCUMENT
+  let text: string
+  try {
+    text = readFileSync(path, 'utf8')
+  } catch (err) {
+    throw new ConfigError(path, `cannot be read (${(err as NodeJS.ErrnoException).code ?? String(err)})`)
+  }
+  try {
+    return parseYaml(text) ?? {}
+  } catch (err) {
+    const where = err instanceof YAMLParseError && err.linePos ? ` at line ${err.linePos[0].line}` : ''
+    throw new ConfigError(path, `is not valid YAML${where}`)
+  }
+}
+
 export function loadConfig(options: LoadOptions = {}): Config {
   const env = options.env ?? process.env
-  const file = options.file ?? (env['STEVEDORE_CONFIG'] || undefined)
-  let raw: unknown = DEFAULT_CONFIG_DOCUMENT
-  if (file !== undefined) {
-    let text: string
-    try {
-      text = readFileSync(file, 'utf8')
-    } catch (err) {
-      throw new ConfigError(file, `cannot be read (${(err as NodeJS.ErrnoException).code ?? String(err)})`)
-    }
-    try {
-      raw = parseYaml(text)
-    } catch (err) {
-      const where = err instanceof YAMLParseError && err.linePos ? ` at line ${err.linePos[0].line}` : ''
-      throw new ConfigError(file, `is not valid YAML${where}`)
-    }
-    raw ??= {}
-  }
+  const raw = readConfigDocument(options.file, env)
   const config = validateConfig(raw, { env, readSecret })
   const listen = options.listen ?? (env['STEVEDORE_LISTEN'] || undefined)
   const logLevel = env['STEVEDORE_LOG_LEVEL'] || undefined

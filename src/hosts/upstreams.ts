@@ -1,6 +1,5 @@
-import { readFile } from 'node:fs/promises'
-import { parse as parseYaml, YAMLParseError } from 'yaml'
-import { ConfigError, DEFAULT_CONFIG_DOCUMENT, validateConfig } from '../config/schema.js'
+import { readConfigDocument } from '../config/load.js'
+import { ConfigError, validateConfig } from '../config/schema.js'
 
 export interface UpstreamTarget {
   /** Registry host, as clients name it: `docker.io`, `127.0.0.1:5001`. */
@@ -19,22 +18,7 @@ const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'obj
  * passwordFile) or storage settings, so their absence is no error here.
  */
 export async function loadUpstreamTargets(file: string | undefined, env: NodeJS.ProcessEnv = process.env): Promise<UpstreamTarget[]> {
-  const path = file ?? (env['STEVEDORE_CONFIG'] || undefined)
-  let raw: unknown = DEFAULT_CONFIG_DOCUMENT
-  if (path !== undefined) {
-    let text: string
-    try {
-      text = await readFile(path, 'utf8')
-    } catch (err) {
-      throw new ConfigError(path, `cannot be read (${(err as NodeJS.ErrnoException).code ?? String(err)})`)
-    }
-    try {
-      raw = parseYaml(text)
-    } catch (err) {
-      const where = err instanceof YAMLParseError && err.linePos ? ` at line ${err.linePos[0].line}` : ''
-      throw new ConfigError(path, `is not valid YAML${where}`)
-    }
-  }
+  const raw = readConfigDocument(file, env)
   if (!isObject(raw)) throw new ConfigError('(root)', 'the config file must be a YAML mapping')
   const upstreams = raw['upstreams']
   // Keep only what routing needs, so that validation cannot trip over secrets this process does not have.
