@@ -1,0 +1,156 @@
+// Starting and resetting the systems under test: Stevedore (dist/cli.js, as
+// the harness starts it) and distribution in proxy mode (the harness's
+// registry starter with proxyRemoteUrl). "Reset" means: stop, empty the
+// cache, start again on the same port, so the next request is a cold one.
+import { mkdir, readdir, readFile, rm } from 'node:fs/promises'
+import { dirname, join } from 'node:path'
+import type { Scope } from './scope.js'
+import { startMirror, type Mirror } from '../test/harness/mirror.js'
+import { startRegistry, type Registry } from '../test/harness/registry.js'
+import { makeTemp, removeDir } from '../test/harness/tools.js'
+
+export interface Stevedore {
+  mirror: Mirror
+  url: string
+  cacheRoot: string
+  /** restart; with wipe, on an empty cache */
+  restart(opts: { wipe: boolean }): Promise<void>
+}
+
+export async function startStevedore(scope: Scope, name: string, registryHost: string, upstreamUrl: string, env?: NodeJS.ProcessEnv): Promise<Stevedore> {
+  const cacheRoot = await makeTemp(`stevedore-bench-cache-${name}`)
+  scope.teardown(() => removeDir(cacheRoot))
+  const config = {
+    storage: { filesystem: { root: cacheRoot } },
+    upstreams: { [registryHost]: { url: upstreamUrl } },
+    defaultUpstream: registryHost,
+    cache: { tagTtl: '5m' },
+  }
+  const mirror = await startMirror(scope.asTest(), { config, ...(env !== undefined ? { env } : {}) })
+  return {
+    mirror,
+    url: mirror.url,
+    cacheRoot,
+    restart: async ({ wipe }) => {
+      await mirror.stop()
+      if (wipe) await rm(cacheRoot, { recursive: true, force: true })
+      await mirror.start()
+    },
+  }
+}
+
+export interface DistributionProxy {
+  registry: Registry
+  url: string
+  restart(opts: { wipe: boolean }): Promise<void>
+  /** its process (found by its config file, which the harness keeps next to the data dir) */
+  pids(): Promise<number[]>
+}
+
+/** distribution 2.8 in proxy mode; it panics at start-up if `remoteUrl` is down, so start it after. */
+export async function startDistributionProxy(scope: Scope, remoteUrl: string): Promise<DistributionProxy> {
+  const registry = await startRegistry(scope.asTest(), { proxyRemoteUrl: remoteUrl })
+  return {
+    registry,
+    url: registry.url,
+    restart: async ({ wipe }) => {
+      await registry.stop()
+      if (wipe) {
+        await rm(registry.dataDir, { recursive: true, force: true })
+        await mkdir(registry.dataDir, { recursive: true })
+      }
+      await registry.start()
+    },
+    pids: () => pidsMentioning(join(dirname(registry.dataDir), 'config.yml')),
+  }
+}
+
+export interface Memory {
+  /** resident set now, bytes */
+  rss: number
+  /** peak resident set since the process started (VmHWM), bytes */
+  hwm: number
+}
+
+export async function memoryOf(pid: number): Promise<Memory> {
+  const text = await readFile(`/proc/${pid}/status`, 'utf8')
+  const kb = (key: string): number => {
+    const m = new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(text)
+    return m ? Number(m[1]) * 1024 : NaN
+  }
+  return { rss: kb('VmRSS'), hwm: kb('VmHWM') }
+}
+
+/** Polls VmRSS every `everyMs` until stopped; returns the highest seen and the final VmHWM. */
+export function sampleMemory(pid: number, everyMs = 20): { stop(): Promise<{ peakRss: number; hwm: number }> } {
+  let peak = 0
+  let busy = false
+  const timer = setInterval(() => {
+    if (busy) return
+    busy = true
+    memoryOf(pid)
+      .then((m) => {
+        if (m.rss > peak) peak = m.rss
+      })
+      .catch(() => undefined)
+      .finally(() => {
+        busy = false
+      })
+  }, everyMs)
+  return {
+    stop: async () => {
+      clearInterval(timer)
+      const m = await memoryOf(pid)
+      return { peakRss: Math.max(peak, m.rss), hwm: m.hwm }
+    },
+  }
+}
+
+/** user+system CPU seconds used so far by each of `pids` (processes that are gone count 0) */
+export async function cpuSeconds(pids: number[]): Promise<number> {
+  let ticks = 0
+  for (const pid of pids) {
+    try {
+      const stat = await readFile(`/proc/${pid}/stat`, 'utf8')
+      // fields after the command name, which is in parentheses and may hold spaces
+      const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+      ticks += Number(rest[11]) + Number(rest[12])
+    } catch {
+      /* gone */
+    }
+  }
+  return ticks / CLOCK_TICKS
+}
+// USER_HZ: 100 on every Linux this runs on (sysconf(_SC_CLK_TCK))
+const CLOCK_TICKS = 100
+
+/** pids of the processes whose parent is `ppid` */
+export async function childrenOf(ppid: number): Promise<number[]> {
+  const out: number[] = []
+  for (const name of await readdir('/proc')) {
+    if (!/^\d+$/.test(name)) continue
+    try {
+      const stat = await readFile(`/proc/${name}/stat`, 'utf8')
+      const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+      if (Number(rest[1]) === ppid) out.push(Number(name))
+    } catch {
+      /* gone */
+    }
+  }
+  return out
+}
+
+/** pids of the processes whose command line contains `needle` */
+export async function pidsMentioning(needle: string): Promise<number[]> {
+  const out: number[] = []
+  for (const name of await readdir('/proc')) {
+    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue
+    try {
+      const cmdline = (await readFile(`/proc/${name}/cmdline`, 'utf8')).replace(/\0/g, ' ')
+      if (cmdline.includes(needle)) out.push(Number(name))
+    } catch {
+      /* gone */
+    }
+  }
+  return out
+}
