@@ -219,3 +219,28 @@ for (const behaviour of ['cut', 'stall'] as const) {
     t.equal(up.gets(), 1)
   })
 }
+
+t.test('kill -9 in the middle of a fill: after restart nothing partial is served and temp data is gone', async (t) => {
+  if (!requireTools(t, 'docker-registry')) return
+  const dir = await tempDir(t, 'stevedore-kill9')
+  const registry = await startRegistry(t)
+  const path = join(dir, 'blob')
+  const digest = await randomBytesFile(path, 150 * MB)
+  await pushBlob(registry, 'kill/nine', path, digest)
+  const cacheRoot = join(dir, 'cache')
+  const mirror = await startMirror(t, { config: mirrorConfig(registry, cacheRoot) })
+  const url = `${mirror.url}/v2/kill/nine/blobs/${digest}`
+  const partial = await fetchHashed(url, { abortAfterBytes: 1 })
+  t.ok(partial.bytes > 0, 'the fill had started')
+  const inTmp = await tmpEntries(cacheRoot)
+  await mirror.stop('SIGKILL')
+  t.ok(inTmp.length > 0 || existsSync(cachedBlobPath(cacheRoot, digest)), 'killed mid-fill (a temp file existed) or just after it published')
+  const published = existsSync(cachedBlobPath(cacheRoot, digest))
+  await mirror.start()
+  t.same(await tmpEntries(cacheRoot), [], 'temp data removed at start-up')
+  if (!published) t.notOk(existsSync(cachedBlobPath(cacheRoot, digest)), 'nothing partial was published')
+  const again = await fetchHashed(url)
+  t.equal(again.error, undefined)
+  t.equal(again.bytes, 150 * MB)
+  t.equal(again.digest, digest, 'the blob is served whole and verified after the restart')
+})
