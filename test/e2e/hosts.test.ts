@@ -10,24 +10,10 @@ import { buildImage, pushImage } from '../harness/images.js'
 import { cleanEnv, REPO_ROOT, startMirror } from '../harness/mirror.js'
 import { startRegistry } from '../harness/registry.js'
 import { requireTools, run, tempDir } from '../harness/tools.js'
+import { snapshot } from '../harness/files.js'
 
 const CLI = join(REPO_ROOT, 'dist', 'cli.js')
 
-/** Every file under dir with its bytes (folders as entries ending in /). */
-async function snapshot(dir: string): Promise<Record<string, string>> {
-  const result: Record<string, string> = {}
-  async function walk(rel: string): Promise<void> {
-    for (const e of await readdir(join(dir, rel), { withFileTypes: true })) {
-      const r = rel === '' ? e.name : `${rel}/${e.name}`
-      if (e.isDirectory()) {
-        result[`${r}/`] = ''
-        await walk(r)
-      } else result[r] = await readFile(join(dir, r), 'utf8')
-    }
-  }
-  await walk('')
-  return result
-}
 
 const stevedoreHosts = (args: string[]) => run(process.execPath, [CLI, 'hosts', ...args], { env: cleanEnv(), timeoutMs: 30_000 })
 

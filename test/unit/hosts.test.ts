@@ -5,6 +5,7 @@ import t from 'tap'
 import { runHostsCommand, type HostsIo } from '../../src/hosts/command.js'
 import { alternateHostDirName, isMarked, MARK_LINE, parseMirrorUrl, renderHostsToml } from '../../src/hosts/toml.js'
 import { DEFAULT_CONFIG_DOCUMENT } from '../../src/config/schema.js'
+import { snapshot } from '../harness/files.js'
 
 interface Run {
   readonly code: number
@@ -36,21 +37,6 @@ async function temp(t: { teardown(fn: () => unknown): void }, prefix: string): P
   return dir
 }
 
-/** Every file under dir with its bytes (and every folder, as an entry ending in /). */
-async function snapshot(dir: string): Promise<Record<string, string>> {
-  const result: Record<string, string> = {}
-  async function walk(rel: string): Promise<void> {
-    for (const e of await readdir(join(dir, rel), { withFileTypes: true })) {
-      const r = rel === '' ? e.name : `${rel}/${e.name}`
-      if (e.isDirectory()) {
-        result[`${r}/`] = ''
-        await walk(r)
-      } else result[r] = await readFile(join(dir, r), 'utf8')
-    }
-  }
-  await walk('')
-  return result
-}
 
 const MIRROR = 'http://10.96.0.50:5000'
 const DEFAULT_HOSTS = Object.keys(DEFAULT_CONFIG_DOCUMENT.upstreams).sort()
