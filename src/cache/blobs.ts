@@ -1,3 +1,4 @@
+import type { FileHandle } from 'node:fs/promises'
 import type { Readable } from 'node:stream'
 import type { Logger } from 'pino'
 import { RegistryError } from '../oci/errors.js'
@@ -23,6 +24,8 @@ export interface BlobAnswer {
   readonly range?: ByteRange
   /** The body, for GET; the caller must consume or destroy it. */
   readonly body?: Readable
+  /** Instead of a body, for a blob stored locally: an open file; the caller must call close. */
+  readonly file?: { readonly handle: FileHandle; close(): Promise<void> }
   /** A URL to redirect the client to instead of a body. */
   readonly redirect?: string
 }
@@ -94,6 +97,23 @@ export class BlobService {
       if (url !== undefined) return { cache: 'hit', size: info.size, redirect: url }
     }
     const unpin = this.options.pin?.(digest)
+    if (this.store.open !== undefined) {
+      const opened = await this.store.open(digest).catch((err: unknown) => {
+        unpin?.()
+        throw err
+      })
+      if (opened === undefined) {
+        // Evicted between stat and open: treat as a miss and refill.
+        unpin?.()
+        return undefined
+      }
+      const { handle } = opened
+      const close = async (): Promise<void> => {
+        unpin?.()
+        await handle.close().catch(() => undefined)
+      }
+      return { cache: 'hit', size: info.size, file: { handle, close }, ...(range !== undefined ? { range } : {}) }
+    }
     let body: Readable
     try {
       body = await this.store.read(digest, range)
