@@ -122,22 +122,28 @@ async function sendFile(mirror: Mirror, request: FastifyRequest, reply: FastifyR
   const res = reply.raw
   reply.hijack()
   res.writeHead(reply.statusCode, reply.getHeaders() as OutgoingHttpHeaders)
-  try {
-    if (end >= start) await writeFileRange(file.handle, start, end, res)
-    // 'finish' never comes for a client that left after the last byte: 'close' does.
-    await new Promise<void>((resolve) => {
-      res.once('finish', resolve)
-      res.once('close', resolve)
-      res.end()
-    })
-  } catch (err) {
-    // Headers are out: an incomplete body must end in a cut connection, never a clean end.
-    request.log.debug({ err }, 'blob stream ended early')
-    res.destroy()
-  } finally {
-    await file.close()
-    recordResponse(mirror, request, reply)
-  }
+  const transfer = (async (): Promise<void> => {
+    try {
+      if (end >= start) await writeFileRange(file.handle, start, end, res)
+      // 'finish' never comes for a client that left after the last byte: 'close' does.
+      await new Promise<void>((resolve) => {
+        res.once('finish', resolve)
+        res.once('close', resolve)
+        res.end()
+      })
+    } catch (err) {
+      // Headers are out: an incomplete body must end in a cut connection, never a clean end.
+      request.log.debug({ err }, 'blob stream ended early')
+      res.destroy()
+    } finally {
+      await file.close()
+      recordResponse(mirror, request, reply)
+    }
+  })()
+  // fastify no longer counts this request: shutdown waits for it here.
+  mirror.transfers.add(transfer)
+  await transfer
+  mirror.transfers.delete(transfer)
 }
 
 /** Records time to first body byte without touching the body stream's flow. */
