@@ -46,13 +46,14 @@ export async function writeFileRange(handle: FileHandle, start: number, end: num
       inflight = new Promise<void>((resolve, reject) => {
         res.write(chunk, (err) => (err ? reject(err) : resolve()))
       })
+      // It may fail while the next read is under way: handled, so it is no unhandled rejection.
+      inflight.catch(() => undefined)
     }
     await Promise.race([inflight, closed])
     if (closedError !== undefined) throw closedError
     clean = true
   } finally {
     if (onClose !== undefined) res.removeListener('close', onClose)
-    inflight.catch(() => undefined)
     // A write that failed half-way may still hold its buffer: only clean runs recycle.
     if (clean) buffers.forEach(give)
   }

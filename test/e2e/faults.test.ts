@@ -244,3 +244,21 @@ t.test('kill -9 in the middle of a fill: after restart nothing partial is served
   t.equal(again.bytes, 150 * MB)
   t.equal(again.digest, digest, 'the blob is served whole and verified after the restart')
 })
+
+t.test('clients that leave a cached blob early do not disturb the mirror', async (t) => {
+  if (!requireTools(t, 'docker-registry')) return
+  const s = await startStack(t, { layers: [20 * MB] })
+  const layer = s.oci.layers[0]
+  if (layer === undefined) throw new Error('no layer')
+  const url = `${s.mirror.url}/v2/${s.repo}/blobs/${layer.digest}`
+  t.equal((await fetchHashed(url)).digest, layer.digest, 'warm')
+  await waitFor(async () => existsSync(cachedBlobPath(s.cacheRoot, layer.digest)), 10_000, 'published')
+  const left = await Promise.all(Array.from({ length: 20 }, (_, i) => fetchHashed(url, { abortAfterBytes: 1 + i * 512 * 1024 })))
+  t.ok(left.every((a) => a.bytes < layer.size), 'twenty clients left early')
+  t.equal((await fetchAll(`${s.mirror.url}/healthz`)).status, 200, 'the mirror is up')
+  t.equal(s.mirror.exitStatus(), null, 'and never exited')
+  const whole = await fetchHashed(url)
+  t.equal(whole.digest, layer.digest, 'the next client gets the whole blob')
+  await s.mirror.settle()
+  t.ok(s.mirror.logs().filter((l) => l['msg'] === 'request' && l['aborted'] === true).length >= 1, 'the cut transfers are logged as aborted')
+})
