@@ -88,6 +88,7 @@ export class BlobService {
   }
 
   private async fromStore(digest: string, rangeHeader: string | undefined, allowRedirect: boolean): Promise<BlobAnswer | undefined> {
+    if (this.store.open !== undefined) return this.fromLocalFile(digest, rangeHeader)
     const info = await this.store.stat(digest)
     if (info === undefined) return undefined
     const range = parseRange(rangeHeader, info.size)
@@ -97,23 +98,6 @@ export class BlobService {
       if (url !== undefined) return { cache: 'hit', size: info.size, redirect: url }
     }
     const unpin = this.options.pin?.(digest)
-    if (this.store.open !== undefined) {
-      const opened = await this.store.open(digest).catch((err: unknown) => {
-        unpin?.()
-        throw err
-      })
-      if (opened === undefined) {
-        // Evicted between stat and open: treat as a miss and refill.
-        unpin?.()
-        return undefined
-      }
-      const { handle } = opened
-      const close = async (): Promise<void> => {
-        unpin?.()
-        await handle.close().catch(() => undefined)
-      }
-      return { cache: 'hit', size: info.size, file: { handle, close }, ...(range !== undefined ? { range } : {}) }
-    }
     let body: Readable
     try {
       body = await this.store.read(digest, range)
@@ -125,6 +109,38 @@ export class BlobService {
     }
     if (unpin !== undefined) body.once('close', unpin)
     return { cache: 'hit', size: info.size, body, ...(range !== undefined ? { range } : {}) }
+  }
+
+  /** A locally stored blob as an open file: one open gives presence and size, no separate stat. */
+  private async fromLocalFile(digest: string, rangeHeader: string | undefined): Promise<BlobAnswer | undefined> {
+    const open = this.store.open?.bind(this.store)
+    if (open === undefined) return undefined
+    const unpin = this.options.pin?.(digest)
+    let opened: Awaited<ReturnType<typeof open>>
+    try {
+      opened = await open(digest)
+    } catch (err) {
+      unpin?.()
+      throw err
+    }
+    if (opened === undefined) {
+      unpin?.()
+      return undefined
+    }
+    const { handle, size } = opened
+    const close = async (): Promise<void> => {
+      unpin?.()
+      await handle.close().catch(() => undefined)
+    }
+    let range: ByteRange | undefined
+    try {
+      range = parseRange(rangeHeader, size)
+    } catch (err) {
+      await close()
+      throw err
+    }
+    this.options.onAccess?.(digest, size)
+    return { cache: 'hit', size, file: { handle, close }, ...(range !== undefined ? { range } : {}) }
   }
 
   private startFill(target: BlobTarget): BlobFill {
