@@ -100,7 +100,10 @@ t.test('two replicas share one bucket', async (t) => {
     t.ok(fills >= 1 && fills <= 2, `each replica fills on its own (${fills} upstream GETs): single-flight is per process`)
     const key = `shared/blobs/sha256/${digest.slice(7)}`
     await waitFor(async () => (await s3.objects('shared/blobs/')).get(key) === size, 10_000, 'published')
-    await new Promise((r) => setTimeout(r, 500)) // let the slower replica finish its commit too
+    // s3rver writes a completed multipart object in place (real S3 swaps it atomically):
+    // read it only once neither replica is still completing its own upload.
+    const fillsIdle = async (m: Mirror): Promise<boolean> => /\nstevedore_blob_fills_in_progress 0\n/.test(`\n${await (await fetch(`${m.url}/metrics`)).text()}`)
+    await waitFor(async () => (await fillsIdle(one)) && (await fillsIdle(two)), 30_000, 'both replicas done with their fills')
     const objects = await s3.objects('shared/')
     t.same([...objects.keys()].filter((k) => k.includes(digest.slice(7)) || k.startsWith('shared/uploads/')), [key], 'one object under the digest, no staged leftovers')
     const client = new S3Client({ region: 'us-east-1', endpoint: s3.endpoint, forcePathStyle: true, credentials: { accessKeyId: S3_KEY, secretAccessKey: S3_KEY } })
