@@ -259,4 +259,6 @@ t.test('clients that leave a cached blob early do not disturb the mirror', async
   t.equal(s.mirror.exitStatus(), null, 'and never exited')
   const whole = await fetchHashed(url)
   t.equal(whole.digest, layer.digest, 'the next client gets the whole blob')
+  await s.mirror.settle()
+  t.ok(s.mirror.logs().filter((l) => l['msg'] === 'request' && l['aborted'] === true).length >= 1, 'the cut transfers are logged as aborted')
 })
