@@ -3,6 +3,7 @@ import { RegistryError } from './oci/errors.js'
 import type { Mirror } from './mirror.js'
 import './routes/context.js'
 import { registerOpsRoutes } from './routes/ops.js'
+import { recordResponse } from './routes/record.js'
 import { registerRegistryRoutes } from './routes/registry.js'
 
 /** Builds the HTTP server around a mirror; never listens. */
@@ -28,33 +29,7 @@ export function buildApp(mirror: Mirror): FastifyInstance {
     reply.header('docker-distribution-api-version', 'registry/2.0')
   })
 
-  app.addHook('onResponse', async (request, reply) => {
-    const ctx = request.stevedore
-    const seconds = Number(process.hrtime.bigint() - ctx.startedAt) / 1e9
-    const finished = reply.raw.writableFinished
-    mirror.metrics.requests.inc({ route: ctx.kind, method: request.method, status: String(reply.statusCode) })
-    if (ctx.kind === 'ops') return
-    if ((ctx.kind === 'blob' || ctx.kind === 'manifest') && ctx.cache !== undefined) {
-      mirror.metrics.requestDuration.observe({ kind: ctx.kind, result: ctx.cache }, seconds)
-      if (finished && ctx.bytes !== undefined && ctx.bytes > 0) {
-        mirror.metrics.bytesServed.inc({ source: ctx.cache === 'miss' || ctx.cache === 'joined' ? (ctx.kind === 'blob' ? 'upstream' : 'cache') : 'cache' }, ctx.bytes)
-      }
-    }
-    request.log.info({
-      method: request.method,
-      path: (request.raw.url ?? '').split('?', 1)[0],
-      status: reply.statusCode,
-      upstream: ctx.upstream,
-      repository: ctx.repository,
-      digest: ctx.digest,
-      tag: ctx.tag,
-      cache: ctx.cache,
-      bytes: finished ? ctx.bytes : undefined,
-      aborted: finished ? undefined : true,
-      ms: Math.round(seconds * 1000),
-      ua: request.headers['user-agent'],
-    }, 'request')
-  })
+  app.addHook('onResponse', async (request, reply) => recordResponse(mirror, request, reply))
 
   app.setErrorHandler((err: FastifyError | RegistryError, request, reply) => {
     const error = toRegistryError(err)

@@ -39,7 +39,7 @@ export async function serve(options: LoadOptions): Promise<number> {
       })
       // close() stops accepting at once and resolves when running requests are done;
       // fills nobody reads any more are finished too, so their blobs are not lost.
-      Promise.race([Promise.all([app.close(), mirror.blobs.drain()]), deadline])
+      Promise.race([Promise.all([app.close(), mirror.blobs.drain(), Promise.all([...mirror.transfers])]), deadline])
         .then(() => mirror.close())
         .catch((err: unknown) => log.error({ err }, 'error during shutdown'))
         .finally(() => {

@@ -27,6 +27,8 @@ export interface Mirror {
   readonly rateLimits: RateLimitTracker
   /** Present when storage.maxSize is set. */
   readonly evictor: Evictor
+  /** Responses written outside fastify's lifecycle (blobs sent from files), for shutdown to wait on. */
+  readonly transfers: Set<Promise<void>>
   /** True once the store has been initialised (for /readyz). */
   storeReady: boolean
   close(): Promise<void>
@@ -101,6 +103,7 @@ export async function createMirror(config: Config, log: Logger, options: MirrorO
     metrics,
     rateLimits,
     evictor,
+    transfers: new Set(),
     storeReady: false,
     async close() {
       await evictor.stop()

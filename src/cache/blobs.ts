@@ -1,3 +1,4 @@
+import type { FileHandle } from 'node:fs/promises'
 import type { Readable } from 'node:stream'
 import type { Logger } from 'pino'
 import { RegistryError } from '../oci/errors.js'
@@ -23,6 +24,8 @@ export interface BlobAnswer {
   readonly range?: ByteRange
   /** The body, for GET; the caller must consume or destroy it. */
   readonly body?: Readable
+  /** Instead of a body, for a blob stored locally: an open file; the caller must call close. */
+  readonly file?: { readonly handle: FileHandle; close(): Promise<void> }
   /** A URL to redirect the client to instead of a body. */
   readonly redirect?: string
 }
@@ -85,6 +88,7 @@ export class BlobService {
   }
 
   private async fromStore(digest: string, rangeHeader: string | undefined, allowRedirect: boolean): Promise<BlobAnswer | undefined> {
+    if (this.store.open !== undefined) return this.fromLocalFile(digest, rangeHeader)
     const info = await this.store.stat(digest)
     if (info === undefined) return undefined
     const range = parseRange(rangeHeader, info.size)
@@ -105,6 +109,38 @@ export class BlobService {
     }
     if (unpin !== undefined) body.once('close', unpin)
     return { cache: 'hit', size: info.size, body, ...(range !== undefined ? { range } : {}) }
+  }
+
+  /** A locally stored blob as an open file: one open gives presence and size, no separate stat. */
+  private async fromLocalFile(digest: string, rangeHeader: string | undefined): Promise<BlobAnswer | undefined> {
+    const open = this.store.open?.bind(this.store)
+    if (open === undefined) return undefined
+    const unpin = this.options.pin?.(digest)
+    let opened: Awaited<ReturnType<typeof open>>
+    try {
+      opened = await open(digest)
+    } catch (err) {
+      unpin?.()
+      throw err
+    }
+    if (opened === undefined) {
+      unpin?.()
+      return undefined
+    }
+    const { handle, size } = opened
+    const close = async (): Promise<void> => {
+      unpin?.()
+      await handle.close().catch(() => undefined)
+    }
+    let range: ByteRange | undefined
+    try {
+      range = parseRange(rangeHeader, size)
+    } catch (err) {
+      await close()
+      throw err
+    }
+    this.options.onAccess?.(digest, size)
+    return { cache: 'hit', size, file: { handle, close }, ...(range !== undefined ? { range } : {}) }
   }
 
   private startFill(target: BlobTarget): BlobFill {

@@ -10,6 +10,8 @@ export interface RequestContext {
   cache?: CacheResult
   /** Body bytes the answer carries (Content-Length), when known. */
   bytes?: number
+  /** Set once the request's log line and metrics are written. */
+  recorded?: boolean
   readonly startedAt: bigint
 }
 

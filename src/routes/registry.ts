@@ -1,4 +1,6 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { FileHandle } from 'node:fs/promises'
+import type { OutgoingHttpHeaders } from 'node:http'
 import type { Readable } from 'node:stream'
 import { isDigestReference, requireDigest } from '../oci/digest.js'
 import { RegistryError } from '../oci/errors.js'
@@ -7,6 +9,8 @@ import type { Mirror } from '../mirror.js'
 import type { UpstreamClient } from '../upstream/client.js'
 import { errorForUpstreamStatus } from '../upstream/errors.js'
 import type { Route } from '../upstream/router.js'
+import { recordResponse } from './record.js'
+import { writeFileRange } from './send-file.js'
 import { parseV2Path } from './v2-path.js'
 
 const READ_METHODS = new Set(['GET', 'HEAD'])
@@ -90,7 +94,6 @@ async function serveBlob(mirror: Mirror, request: FastifyRequest, reply: Fastify
     ctx.bytes = 0
     return reply.code(307).header('location', answer.redirect).send()
   }
-  const body = answer.body as Readable
   reply.type('application/octet-stream')
   if (answer.range !== undefined) {
     const { start, end } = answer.range
@@ -101,11 +104,46 @@ async function serveBlob(mirror: Mirror, request: FastifyRequest, reply: Fastify
     ctx.bytes = answer.size
   }
   observeFirstByte(mirror, request, reply)
+  if (answer.file !== undefined) return sendFile(mirror, request, reply, answer.file, answer.range?.start ?? 0, answer.range?.end ?? answer.size - 1)
+  const body = answer.body as Readable
   // A client that goes away must release its reader (the fill itself goes on).
   request.raw.once('close', () => {
     if (!body.destroyed && !reply.raw.writableFinished) body.destroy()
   })
   return reply.send(body)
+}
+
+/**
+ * A stored blob straight from its file to the socket with recycled buffers
+ * (see send-file.ts): the hot path of a mirror. fastify steps aside, so the
+ * response is recorded here.
+ */
+async function sendFile(mirror: Mirror, request: FastifyRequest, reply: FastifyReply, file: { handle: FileHandle; close(): Promise<void> }, start: number, end: number): Promise<void> {
+  const res = reply.raw
+  reply.hijack()
+  res.writeHead(reply.statusCode, reply.getHeaders() as OutgoingHttpHeaders)
+  const transfer = (async (): Promise<void> => {
+    try {
+      if (end >= start) await writeFileRange(file.handle, start, end, res)
+      // 'finish' never comes for a client that left after the last byte: 'close' does.
+      await new Promise<void>((resolve) => {
+        res.once('finish', resolve)
+        res.once('close', resolve)
+        res.end()
+      })
+    } catch (err) {
+      // Headers are out: an incomplete body must end in a cut connection, never a clean end.
+      request.log.debug({ err }, 'blob stream ended early')
+      res.destroy()
+    } finally {
+      await file.close()
+      recordResponse(mirror, request, reply)
+    }
+  })()
+  // fastify no longer counts this request: shutdown waits for it here.
+  mirror.transfers.add(transfer)
+  await transfer
+  mirror.transfers.delete(transfer)
 }
 
 /** Records time to first body byte without touching the body stream's flow. */

@@ -1,3 +1,4 @@
+import type { FileHandle } from 'node:fs/promises'
 import type { Readable } from 'node:stream'
 import type { DigestAlgorithm } from '../oci/digest.js'
 
@@ -79,6 +80,12 @@ export interface BlobStore {
   delete(digest: string): Promise<boolean>
   /** Every stored blob, in no particular order. */
   list(): AsyncIterable<BlobInfo>
+  /**
+   * Local backends only: an open handle on the stored blob, so the HTTP layer
+   * can send it without a stream per chunk. Undefined when not stored. The
+   * caller closes it; the bytes stay readable even if the blob is deleted meanwhile.
+   */
+  open?(digest: string): Promise<{ handle: FileHandle; size: number } | undefined>
   /** A URL clients may fetch the blob from directly (a presigned GET), or undefined to stream it through us. */
   redirectUrl?(digest: string): Promise<string | undefined>
   /** A document's bytes, or undefined. */

@@ -80,6 +80,22 @@ export class FilesystemBlobStore implements BlobStore {
     }
   }
 
+  async open(digest: string): Promise<{ handle: FileHandle; size: number } | undefined> {
+    let handle: FileHandle
+    try {
+      handle = await open(this.blobPath(digest), 'r')
+    } catch (err) {
+      if (isNotFound(err)) return undefined
+      throw err
+    }
+    try {
+      return { handle, size: (await handle.stat()).size }
+    } catch (err) {
+      await handle.close()
+      throw err
+    }
+  }
+
   async read(digest: string, range?: ByteRange): Promise<Readable> {
     let handle: FileHandle
     try {
