@@ -1,16 +1,19 @@
 import { randomUUID, type Hash } from 'node:crypto'
 import { mkdir, open, rm, type FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
-import { Readable } from 'node:stream'
 import type { Logger } from 'pino'
 import { newHash, parseDigest, type DigestAlgorithm } from '../oci/digest.js'
 import { RegistryError } from '../oci/errors.js'
 import { DigestMismatchError, type BlobStore, type BlobWriter } from '../storage/blob-store.js'
 import type { UpstreamBody, UpstreamClient } from '../upstream/client.js'
 import { errorForUpstreamStatus } from '../upstream/errors.js'
+import type { BlobSource } from './blob-source.js'
+import { RecentChunks } from './recent-chunks.js'
 
-// Reads of a fill in progress: large enough to keep syscalls few, small enough that joiners see bytes promptly.
+// Re-reading a fill's file after storage failed: large reads, few syscalls.
 const READ_CHUNK = 1024 * 1024
+// The newest bytes of a fill kept in memory, for readers that keep up with it.
+const RECENT_WINDOW = 8 * 1024 * 1024
 // In pass-through, how far the upstream may run ahead of the one client still served.
 const PASS_THROUGH_WINDOW = 8 * 1024 * 1024
 
@@ -77,6 +80,7 @@ export class BlobFill {
   private queue: Buffer[] = []
   private queueOffset = 0
   private queuedBytes = 0
+  private recent = new RecentChunks(RECENT_WINDOW)
 
   constructor(
     readonly digest: string,
@@ -107,6 +111,11 @@ export class BlobFill {
     if (handle === undefined) throw new Error('fill has no readable data')
     const { bytesRead } = await handle.read(buffer, 0, length, position)
     return bytesRead
+  }
+
+  /** The newest written bytes at position, at most maxLength, from memory; undefined when they are only in the file. */
+  recentAt(position: number, maxLength: number): Buffer | undefined {
+    return this.recent.slice(position, maxLength)
   }
 
   /** Pass-through bytes from position on, at most maxLength; frees what lies before position. */
@@ -203,6 +212,7 @@ export class BlobFill {
             if (spool !== undefined) await writeFully(spool, chunk, this.written)
             await writer.write(chunk)
             this.written += chunk.byteLength
+            this.recent.append(chunk, this.written)
           } catch (err) {
             const failed = writer
             writer = undefined
@@ -258,6 +268,8 @@ export class BlobFill {
       log[level]({ digest: this.digest, upstream: this.upstream, bytes: this.received, failure, err: error }, this.state === 'verified' ? 'blob served but not cached' : 'blob fill failed')
       this.options.hooks.onEnd?.(this, 'failed', failure)
     } finally {
+      // Readers still behind read the file; the memory goes back now.
+      this.recent.clear()
       this.release()
     }
   }
@@ -269,6 +281,7 @@ export class BlobFill {
   private async enterPassThrough(cause: unknown, writer: BlobWriter, algorithm: DigestAlgorithm): Promise<Hash> {
     this.options.log.error({ digest: this.digest, upstream: this.upstream, written: this.written, err: cause }, 'storage failed mid-fill: passing the blob through uncached')
     this.passThrough = true
+    this.recent.clear()
     await writer.cancel().catch(() => undefined)
     this.options.hooks.onPassThrough?.(this)
     const hash = newHash(algorithm)
@@ -311,85 +324,65 @@ function toFillError(err: unknown, upstream: string): { error: Error; failure: F
 }
 
 /**
- * A client's view of a fill: bytes [start, end] as they arrive. The last
- * byte is held back until the whole blob is verified, so a client never sees
- * a clean end of unverified content; a failed fill destroys the stream
- * (the client's connection is aborted).
+ * A client's view of a fill: bytes [start, endExclusive) as they arrive. The
+ * last byte is held back until the whole blob is verified, so a client never
+ * sees a clean end of unverified content; a failed fill rejects (the client's
+ * connection is cut). Readers that keep up get the fill's own chunks from
+ * memory; the others read its file.
  */
-export class FillReader extends Readable {
-  private pos: number
-  private unsubscribe: (() => void) | undefined
-  private reading = false
+export class FillReader implements BlobSource {
+  private closed = false
 
-  /** end is inclusive; undefined means to the end of the blob. The originator is the request that started the fill. */
-  constructor(private readonly fill: BlobFill, start: number, private readonly end: number | undefined, private readonly originator: boolean) {
-    super({ highWaterMark: READ_CHUNK })
-    this.pos = start
+  /** endExclusive undefined means to the end of the blob. The originator is the request that started the fill. */
+  constructor(private readonly fill: BlobFill, private readonly endExclusive: number | undefined, private readonly originator: boolean) {
     fill.retain()
   }
 
-  override _read(): void {
-    if (!this.reading) void this.pump()
+  readable(pos: number): number | undefined | Promise<number | undefined> {
+    const now = this.check(pos)
+    return now === WAIT ? this.waitFor(pos) : now
   }
 
-  private async pump(): Promise<void> {
-    this.reading = true
-    try {
-      for (;;) {
-        if (this.destroyed) return
-        const fill = this.fill
-        if (fill.state === 'failed') {
-          this.destroy(fill.error ?? new Error('fill failed'))
-          return
-        }
-        if (fill.passThrough && !this.originator) {
-          this.destroy(new Error('cache storage failed; retry'))
-          return
-        }
-        const verified = fill.state === 'verified' || fill.state === 'published'
-        const available = fill.passThrough ? fill.received : fill.written
-        const total = fill.size
-        const endExclusive = this.end !== undefined ? this.end + 1 : total
-        // Everything received is readable, except the very last byte of the blob until verified.
-        let limit = verified ? available : Math.min(available, total !== undefined ? total - 1 : available - 1)
-        if (endExclusive !== undefined) limit = Math.min(limit, endExclusive)
-        if (this.pos < limit) {
-          const length = Math.min(limit - this.pos, READ_CHUNK)
-          let chunk: Buffer | undefined
-          if (this.pos < fill.written) {
-            const buffer = Buffer.allocUnsafe(Math.min(length, fill.written - this.pos))
-            const n = await fill.readAt(buffer, buffer.byteLength, this.pos)
-            if (n <= 0) throw new Error('short read from fill')
-            chunk = n === buffer.byteLength ? buffer : buffer.subarray(0, n)
-          } else {
-            chunk = fill.takeQueued(this.pos, length)
-          }
-          if (this.destroyed) return
-          if (chunk !== undefined && chunk.byteLength > 0) {
-            this.pos += chunk.byteLength
-            if (!this.push(chunk)) return
-            continue
-          }
-        } else if (verified && (endExclusive === undefined || this.pos >= Math.min(endExclusive, available))) {
-          this.push(null)
-          return
-        }
-        await new Promise<void>((resolve) => {
-          this.unsubscribe = this.fill.onChange(resolve)
-        })
-        this.unsubscribe = undefined
-      }
-    } catch (err) {
-      this.destroy(err as Error)
-    } finally {
-      this.reading = false
+  inMemory(pos: number, max: number): Buffer | undefined {
+    const fill = this.fill
+    if (pos < fill.written) return fill.recentAt(pos, max)
+    return fill.passThrough && this.originator ? fill.takeQueued(pos, max) : undefined
+  }
+
+  read(buffer: Buffer, length: number, pos: number): Promise<number> {
+    return this.fill.readAt(buffer, Math.min(length, this.fill.written - pos), pos)
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    if (this.originator) this.fill.originatorLeft()
+    this.fill.release()
+  }
+
+  private async waitFor(pos: number): Promise<number | undefined> {
+    for (;;) {
+      await new Promise<void>((resolve) => this.fill.onChange(resolve))
+      const now = this.check(pos)
+      if (now !== WAIT) return now
     }
   }
 
-  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
-    this.unsubscribe?.()
-    if (this.originator) this.fill.originatorLeft()
-    this.fill.release()
-    cb(err)
+  private check(pos: number): number | undefined | typeof WAIT {
+    const fill = this.fill
+    if (fill.state === 'failed') throw fill.error ?? new Error('fill failed')
+    if (fill.passThrough && !this.originator) throw new Error('cache storage failed; retry')
+    const verified = fill.state === 'verified' || fill.state === 'published'
+    const available = fill.passThrough ? fill.received : fill.written
+    const total = fill.size
+    const end = this.endExclusive ?? total
+    // Everything received is readable, except the very last byte of the blob until verified.
+    let limit = verified ? available : Math.min(available, total !== undefined ? total - 1 : available - 1)
+    if (end !== undefined) limit = Math.min(limit, end)
+    if (pos < limit) return limit
+    if (verified && (end === undefined || pos >= Math.min(end, available))) return undefined
+    return WAIT
   }
 }
+
+const WAIT = Symbol('wait')

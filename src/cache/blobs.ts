@@ -1,4 +1,3 @@
-import type { FileHandle } from 'node:fs/promises'
 import type { Readable } from 'node:stream'
 import type { Logger } from 'pino'
 import { RegistryError } from '../oci/errors.js'
@@ -6,6 +5,7 @@ import { BlobNotFoundError, type BlobStore, type ByteRange } from '../storage/bl
 import type { UpstreamClient } from '../upstream/client.js'
 import { errorForUpstreamStatus } from '../upstream/errors.js'
 import { BlobFill, FillReader, type FillHooks } from './blob-fill.js'
+import { FileSource, type BlobSource } from './blob-source.js'
 import { parseRange } from './range.js'
 
 export type CacheResult = 'hit' | 'miss' | 'joined' | 'stale' | 'revalidated'
@@ -22,10 +22,10 @@ export interface BlobAnswer {
   readonly size: number
   /** Present for 206 answers. */
   readonly range?: ByteRange
-  /** The body, for GET; the caller must consume or destroy it. */
+  /** The body as a stream (a store without local files); the caller must consume or destroy it. */
   readonly body?: Readable
-  /** Instead of a body, for a blob stored locally: an open file; the caller must call close. */
-  readonly file?: { readonly handle: FileHandle; close(): Promise<void> }
+  /** The body as a source to send from the range's start (a local file, or a fill); the caller must close it. */
+  readonly source?: BlobSource
   /** A URL to redirect the client to instead of a body. */
   readonly redirect?: string
 }
@@ -83,8 +83,8 @@ export class BlobService {
     await fill.ready
     const size = fill.size
     const range = size !== undefined ? parseRange(rangeHeader, size) : undefined
-    const body = new FillReader(fill, range?.start ?? 0, range?.end, !joined)
-    return { cache: joined ? 'joined' : 'miss', size: size ?? -1, body, ...(range !== undefined ? { range } : {}) }
+    const source = new FillReader(fill, range !== undefined ? range.end + 1 : undefined, !joined)
+    return { cache: joined ? 'joined' : 'miss', size: size ?? -1, source, ...(range !== undefined ? { range } : {}) }
   }
 
   private async fromStore(digest: string, rangeHeader: string | undefined, allowRedirect: boolean): Promise<BlobAnswer | undefined> {
@@ -140,7 +140,8 @@ export class BlobService {
       throw err
     }
     this.options.onAccess?.(digest, size)
-    return { cache: 'hit', size, file: { handle, close }, ...(range !== undefined ? { range } : {}) }
+    const source = new FileSource(handle, range !== undefined ? range.end + 1 : size, close)
+    return { cache: 'hit', size, source, ...(range !== undefined ? { range } : {}) }
   }
 
   private startFill(target: BlobTarget): BlobFill {

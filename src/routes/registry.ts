@@ -1,16 +1,16 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
-import type { FileHandle } from 'node:fs/promises'
 import type { OutgoingHttpHeaders } from 'node:http'
 import type { Readable } from 'node:stream'
 import { isDigestReference, requireDigest } from '../oci/digest.js'
 import { RegistryError } from '../oci/errors.js'
 import { requireTag } from '../oci/names.js'
+import type { BlobSource } from '../cache/blob-source.js'
 import type { Mirror } from '../mirror.js'
 import type { UpstreamClient } from '../upstream/client.js'
 import { errorForUpstreamStatus } from '../upstream/errors.js'
 import type { Route } from '../upstream/router.js'
 import { recordResponse } from './record.js'
-import { writeFileRange } from './send-file.js'
+import { writeBlob } from './send-blob.js'
 import { parseV2Path } from './v2-path.js'
 
 const READ_METHODS = new Set(['GET', 'HEAD'])
@@ -104,9 +104,9 @@ async function serveBlob(mirror: Mirror, request: FastifyRequest, reply: Fastify
     ctx.bytes = answer.size
   }
   observeFirstByte(mirror, request, reply)
-  if (answer.file !== undefined) return sendFile(mirror, request, reply, answer.file, answer.range?.start ?? 0, answer.range?.end ?? answer.size - 1)
+  if (answer.source !== undefined) return sendSource(mirror, request, reply, answer.source, answer.range?.start ?? 0)
   const body = answer.body as Readable
-  // A client that goes away must release its reader (the fill itself goes on).
+  // A client that goes away must release the store's stream.
   request.raw.once('close', () => {
     if (!body.destroyed && !reply.raw.writableFinished) body.destroy()
   })
@@ -114,17 +114,17 @@ async function serveBlob(mirror: Mirror, request: FastifyRequest, reply: Fastify
 }
 
 /**
- * A stored blob straight from its file to the socket with recycled buffers
- * (see send-file.ts): the hot path of a mirror. fastify steps aside, so the
- * response is recorded here.
+ * A blob from a local file or a fill in progress, written to the socket by
+ * writeBlob (recycled buffers, shared fill chunks): the hot path of a
+ * mirror. fastify steps aside, so the response is recorded here.
  */
-async function sendFile(mirror: Mirror, request: FastifyRequest, reply: FastifyReply, file: { handle: FileHandle; close(): Promise<void> }, start: number, end: number): Promise<void> {
+async function sendSource(mirror: Mirror, request: FastifyRequest, reply: FastifyReply, source: BlobSource, start: number): Promise<void> {
   const res = reply.raw
   reply.hijack()
-  res.writeHead(reply.statusCode, reply.getHeaders() as OutgoingHttpHeaders)
   const transfer = (async (): Promise<void> => {
     try {
-      if (end >= start) await writeFileRange(file.handle, start, end, res)
+      res.writeHead(reply.statusCode, reply.getHeaders() as OutgoingHttpHeaders)
+      await writeBlob(source, start, res)
       // 'finish' never comes for a client that left after the last byte: 'close' does.
       await new Promise<void>((resolve) => {
         res.once('finish', resolve)
@@ -136,11 +136,11 @@ async function sendFile(mirror: Mirror, request: FastifyRequest, reply: FastifyR
       request.log.debug({ err }, 'blob stream ended early')
       res.destroy()
     } finally {
-      await file.close()
+      await source.close()
       recordResponse(mirror, request, reply)
     }
   })()
-  // fastify no longer counts this request: shutdown waits for it here.
+  // Shutdown waits for the transfers written outside fastify's reply.
   mirror.transfers.add(transfer)
   await transfer
   mirror.transfers.delete(transfer)
