@@ -8,10 +8,13 @@ import { DigestMismatchError, type BlobStore, type BlobWriter } from '../storage
 import type { UpstreamBody, UpstreamClient } from '../upstream/client.js'
 import { errorForUpstreamStatus } from '../upstream/errors.js'
 import type { BlobSource } from './blob-source.js'
+import { chunkBatches } from './chunk-batches.js'
 import { RecentChunks } from './recent-chunks.js'
 
 // Re-reading a fill's file after storage failed: large reads, few syscalls.
 const READ_CHUNK = 1024 * 1024
+// How much of the upstream body may wait for the disk before the upstream is paused.
+const UPSTREAM_BATCH = 4 * 1024 * 1024
 // The newest bytes of a fill kept in memory, for readers that keep up with it.
 const RECENT_WINDOW = 8 * 1024 * 1024
 // In pass-through, how far the upstream may run ahead of the one client still served.
@@ -203,29 +206,34 @@ export class BlobFill {
       this.state = 'streaming'
       this.resolveReady()
       this.notify()
-      for await (const chunk of res.body as AsyncIterable<Buffer>) {
-        this.received += chunk.byteLength
-        this.options.hooks.onUpstreamBytes?.(chunk.byteLength)
-        if (this.size !== undefined && this.received > this.size) throw new RegistryError('UPSTREAM_ERROR', 'upstream sent more bytes than it announced')
-        if (writer !== undefined) {
-          try {
-            if (spool !== undefined) await writeFully(spool, chunk, this.written)
-            await writer.write(chunk)
-            this.written += chunk.byteLength
-            this.recent.append(chunk, this.written)
-          } catch (err) {
-            const failed = writer
-            writer = undefined
-            hash = await this.enterPassThrough(err, failed, digest.algorithm)
+      for await (const batch of chunkBatches(res.body, UPSTREAM_BATCH)) {
+        for (const chunk of batch) {
+          this.received += chunk.byteLength
+          this.options.hooks.onUpstreamBytes?.(chunk.byteLength)
+          if (this.size !== undefined && this.received > this.size) throw new RegistryError('UPSTREAM_ERROR', 'upstream sent more bytes than it announced')
+          if (writer !== undefined) {
+            try {
+              if (spool !== undefined) await writeFully(spool, chunk, this.written)
+              await writer.write(chunk)
+              this.written += chunk.byteLength
+              this.recent.append(chunk, this.written)
+            } catch (err) {
+              const failed = writer
+              writer = undefined
+              hash = await this.enterPassThrough(err, failed, digest.algorithm)
+            }
+          }
+          if (hash !== undefined) {
+            this.queue.push(chunk)
+            this.queuedBytes += chunk.byteLength
+            hash.update(chunk)
+            // The originator must see these bytes before the fill waits for it to take them.
+            this.notify()
+            while (this.queuedBytes > PASS_THROUGH_WINDOW && !this.originatorGone) await this.changed()
+            if (this.originatorGone) throw new StorageFailure('storage failed and the client that started the fill left')
           }
         }
-        if (hash !== undefined) {
-          this.queue.push(chunk)
-          this.queuedBytes += chunk.byteLength
-          hash.update(chunk)
-          while (this.queuedBytes > PASS_THROUGH_WINDOW && !this.originatorGone) await this.changed()
-          if (this.originatorGone) throw new StorageFailure('storage failed and the client that started the fill left')
-        }
+        // Once per batch, not per chunk: every reader that waits wakes up for it.
         this.notify()
       }
       if (hash !== undefined || writer === undefined) {

@@ -47,21 +47,25 @@ export async function writeBlob(source: BlobSource, start: number, res: ServerRe
       const limit = next instanceof Promise ? await whileOpen(next) : next
       if (limit === undefined) break
       const max = Math.min(CHUNK, limit - pos)
-      let chunk = source.inMemory(pos, max)
-      if (chunk === undefined) {
+      // What a fill holds in memory goes out as its own chunks, up to 1 MiB in one write.
+      const parts: Buffer[] = []
+      let size = 0
+      for (let part = source.inMemory(pos, max); part !== undefined && part.byteLength > 0; part = size < max ? source.inMemory(pos + size, max - size) : undefined) {
+        parts.push(part)
+        size += part.byteLength
+      }
+      if (size === 0) {
         // The buffer written before the last one: its write is done (one in flight at most).
         const buffer = buffers[turn] as Buffer
         turn ^= 1
         const n = await source.read(buffer, max, pos)
         if (n <= 0) throw new Error('blob data is shorter than its size')
-        chunk = n === buffer.byteLength ? buffer : buffer.subarray(0, n)
+        parts.splice(0, parts.length, n === buffer.byteLength ? buffer : buffer.subarray(0, n))
+        size = n
       }
-      pos += chunk.byteLength
+      pos += size
       await whileOpen(inflight)
-      const data = chunk
-      inflight = new Promise<void>((resolve, reject) => {
-        res.write(data, (err) => (err ? reject(err) : resolve()))
-      })
+      inflight = writeAll(res, parts)
       // It may fail while the next read is under way: handled, so it is no unhandled rejection.
       inflight.catch(() => undefined)
     }
@@ -72,4 +76,18 @@ export async function writeBlob(source: BlobSource, start: number, res: ServerRe
     // A write that failed half-way may still hold its buffer: only clean runs recycle.
     if (clean) buffers.forEach(give)
   }
+}
+
+/** Writes the parts as one socket write (corked: a writev), resolving when all are flushed. */
+function writeAll(res: ServerResponse, parts: readonly Buffer[]): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const done = (err?: Error | null): void => (err ? reject(err) : resolve())
+    if (parts.length === 1) {
+      res.write(parts[0] as Buffer, done)
+      return
+    }
+    res.cork()
+    parts.forEach((part, i) => (i === parts.length - 1 ? res.write(part, done) : res.write(part)))
+    res.uncork()
+  })
 }
