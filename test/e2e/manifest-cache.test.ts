@@ -57,8 +57,14 @@ t.test('tags: stale-while-revalidate, maximum stale age, remembered 404s, single
     s.registry.resetRequests()
     const n = tagLines(s.mirror, 'oci')
     const answers = await Promise.all(Array.from({ length: 10 }, () => fetchAll(`${base}/manifests/oci`)))
-    t.ok(answers.every((a) => a.headers['docker-content-digest'] === s.oci.digest), 'every answer is the cached (old) digest')
-    t.equal((await lastLog(s.mirror, 'oci', n + 10))?.['cache'], 'stale')
+    await lastLog(s.mirror, 'oci', n + 10)
+    const lines = s.mirror.logs().filter((l) => l['msg'] === 'request' && l['tag'] === 'oci').slice(n)
+    // Ten clients at once are not at once on a loaded machine: the background HEAD may
+    // land between two of them. Each answer is then the old digest served stale, or the
+    // new one as a hit; none waited for the upstream.
+    t.ok(lines.every((l) => (l['cache'] === 'stale' && l['digest'] === s.oci.digest) || (l['cache'] === 'hit' && l['digest'] === s.docker.digest)), `stale old or fresh new only: ${lines.map((l) => l['cache']).join(', ')}`)
+    t.ok(lines.some((l) => l['cache'] === 'stale'), 'the first answers were stale')
+    t.ok(answers.some((a) => a.headers['docker-content-digest'] === s.oci.digest), 'served the cached (old) digest')
     await waitFor(async () => (await fetchAll(`${base}/manifests/oci`)).headers['docker-content-digest'] === s.docker.digest, 5000, 'the background HEAD updated the tag')
     await s.registry.settle()
     t.equal(s.registry.count('HEAD', '/manifests/oci'), 1, 'one background HEAD for ten stale answers')
