@@ -15,6 +15,8 @@ import { RecentChunks } from './recent-chunks.js'
 const READ_CHUNK = 1024 * 1024
 // How much of the upstream body may wait for the disk before the upstream is paused.
 const UPSTREAM_BATCH = 4 * 1024 * 1024
+// Readers that wait are woken at least this often within a batch of upstream bytes.
+const NOTIFY_BYTES = 1024 * 1024
 // The newest bytes of a fill kept in memory, for readers that keep up with it.
 const RECENT_WINDOW = 8 * 1024 * 1024
 // In pass-through, how far the upstream may run ahead of the one client still served.
@@ -84,6 +86,8 @@ export class BlobFill {
   private queueOffset = 0
   private queuedBytes = 0
   private recent = new RecentChunks(RECENT_WINDOW)
+  /** `written` at the last notify. */
+  private notifiedAt = 0
 
   constructor(
     readonly digest: string,
@@ -157,6 +161,7 @@ export class BlobFill {
   }
 
   private notify(): void {
+    this.notifiedAt = this.written
     const waiters = this.waiters
     this.waiters = new Set()
     for (const w of waiters) w()
@@ -217,6 +222,8 @@ export class BlobFill {
               await writer.write(chunk)
               this.written += chunk.byteLength
               this.recent.append(chunk, this.written)
+              // The first bytes at once (time to first byte), then per MiB within a batch.
+              if (this.notifiedAt === 0 || this.written - this.notifiedAt >= NOTIFY_BYTES) this.notify()
             } catch (err) {
               const failed = writer
               writer = undefined
@@ -233,7 +240,7 @@ export class BlobFill {
             if (this.originatorGone) throw new StorageFailure('storage failed and the client that started the fill left')
           }
         }
-        // Once per batch, not per chunk: every reader that waits wakes up for it.
+        // Per batch (and per MiB), not per chunk: every reader that waits wakes up for it.
         this.notify()
       }
       if (hash !== undefined || writer === undefined) {
