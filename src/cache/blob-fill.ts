@@ -4,6 +4,7 @@ import { join } from 'node:path'
 import type { Logger } from 'pino'
 import { newHash, parseDigest, type DigestAlgorithm } from '../oci/digest.js'
 import { RegistryError } from '../oci/errors.js'
+import { writeFully } from '../storage/write-fully.js'
 import { DigestMismatchError, type BlobStore, type BlobWriter } from '../storage/blob-store.js'
 import type { UpstreamBody, UpstreamClient } from '../upstream/client.js'
 import { errorForUpstreamStatus } from '../upstream/errors.js'
@@ -15,10 +16,8 @@ import { RecentChunks } from './recent-chunks.js'
 const READ_CHUNK = 1024 * 1024
 // How much of the upstream body may wait for the disk before the upstream is paused.
 const UPSTREAM_BATCH = 4 * 1024 * 1024
-// Readers that wait are woken at least this often within a batch of upstream bytes.
-const NOTIFY_BYTES = 1024 * 1024
 // The newest bytes of a fill kept in memory, for readers that keep up with it.
-const RECENT_WINDOW = 8 * 1024 * 1024
+const RECENT_WINDOW = 2 * 1024 * 1024
 // In pass-through, how far the upstream may run ahead of the one client still served.
 const PASS_THROUGH_WINDOW = 8 * 1024 * 1024
 
@@ -86,8 +85,6 @@ export class BlobFill {
   private queueOffset = 0
   private queuedBytes = 0
   private recent = new RecentChunks(RECENT_WINDOW)
-  /** `written` at the last notify. */
-  private notifiedAt = 0
 
   constructor(
     readonly digest: string,
@@ -161,7 +158,6 @@ export class BlobFill {
   }
 
   private notify(): void {
-    this.notifiedAt = this.written
     const waiters = this.waiters
     this.waiters = new Set()
     for (const w of waiters) w()
@@ -212,35 +208,38 @@ export class BlobFill {
       this.resolveReady()
       this.notify()
       for await (const batch of chunkBatches(res.body, UPSTREAM_BATCH)) {
-        for (const chunk of batch) {
-          this.received += chunk.byteLength
-          this.options.hooks.onUpstreamBytes?.(chunk.byteLength)
-          if (this.size !== undefined && this.received > this.size) throw new RegistryError('UPSTREAM_ERROR', 'upstream sent more bytes than it announced')
-          if (writer !== undefined) {
-            try {
-              if (spool !== undefined) await writeFully(spool, chunk, this.written)
-              await writer.write(chunk)
+        let bytes = 0
+        for (const chunk of batch) bytes += chunk.byteLength
+        this.received += bytes
+        this.options.hooks.onUpstreamBytes?.(bytes)
+        if (this.size !== undefined && this.received > this.size) throw new RegistryError('UPSTREAM_ERROR', 'upstream sent more bytes than it announced')
+        if (writer !== undefined) {
+          try {
+            // One write per batch, not per chunk: each costs the event loop a thread-pool round trip.
+            if (spool !== undefined) await writeFully(spool, batch, this.written)
+            await writer.writev(batch)
+            for (const chunk of batch) {
               this.written += chunk.byteLength
               this.recent.append(chunk, this.written)
-              // The first bytes at once (time to first byte), then per MiB within a batch.
-              if (this.notifiedAt === 0 || this.written - this.notifiedAt >= NOTIFY_BYTES) this.notify()
-            } catch (err) {
-              const failed = writer
-              writer = undefined
-              hash = await this.enterPassThrough(err, failed, digest.algorithm)
             }
+          } catch (err) {
+            // Whatever of this batch reached the file is not counted: it goes to the originator from memory.
+            const failed = writer
+            writer = undefined
+            hash = await this.enterPassThrough(err, failed, digest.algorithm)
           }
-          if (hash !== undefined) {
+        }
+        if (hash !== undefined) {
+          for (const chunk of batch) {
             this.queue.push(chunk)
             this.queuedBytes += chunk.byteLength
             hash.update(chunk)
-            // The originator must see these bytes before the fill waits for it to take them.
-            this.notify()
-            while (this.queuedBytes > PASS_THROUGH_WINDOW && !this.originatorGone) await this.changed()
-            if (this.originatorGone) throw new StorageFailure('storage failed and the client that started the fill left')
           }
+          // The originator must see these bytes before the fill waits for it to take them.
+          this.notify()
+          while (this.queuedBytes > PASS_THROUGH_WINDOW && !this.originatorGone) await this.changed()
+          if (this.originatorGone) throw new StorageFailure('storage failed and the client that started the fill left')
         }
-        // Per batch (and per MiB), not per chunk: every reader that waits wakes up for it.
         this.notify()
       }
       if (hash !== undefined || writer === undefined) {
@@ -310,14 +309,6 @@ export class BlobFill {
     this.queueOffset = this.written
     this.notify() // joiners wake up and see they are cut
     return hash
-  }
-}
-
-async function writeFully(handle: FileHandle, chunk: Buffer, position: number): Promise<void> {
-  let offset = 0
-  while (offset < chunk.byteLength) {
-    const { bytesWritten } = await handle.write(chunk, offset, chunk.byteLength - offset, position + offset)
-    offset += bytesWritten
   }
 }
 

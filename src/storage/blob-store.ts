@@ -38,6 +38,8 @@ export class BlobNotFoundError extends Error {
 export interface BlobWriter {
   /** Appends bytes; resolves once they are accepted, which is the backpressure. */
   write(chunk: Uint8Array): Promise<void>
+  /** Appends several chunks in order, in one write where the backend can; as write otherwise. */
+  writev(chunks: readonly Uint8Array[]): Promise<void>
   /** Bytes accepted so far. */
   readonly written: number
   /**

@@ -5,6 +5,7 @@ import { dirname, join, resolve } from 'node:path'
 import type { Readable } from 'node:stream'
 import { newHash, parseDigest, type DigestAlgorithm } from '../oci/digest.js'
 import { BlobNotFoundError, DigestMismatchError, LAYOUT_VERSION, type BlobInfo, type BlobStore, type BlobWriter, type ByteRange } from './blob-store.js'
+import { writeFully } from './write-fully.js'
 
 const MARKER = 'stevedore-layout.json'
 // Measured: 1 MiB reads serve cached blobs about twice as fast as Node's 64 KiB default.
@@ -227,15 +228,14 @@ class FilesystemBlobWriter implements BlobWriter {
     this.hash = newHash(algorithm)
   }
 
-  async write(chunk: Uint8Array): Promise<void> {
+  write(chunk: Uint8Array): Promise<void> {
+    return this.writev([chunk])
+  }
+
+  async writev(chunks: readonly Uint8Array[]): Promise<void> {
     if (this.done) throw new Error('write after commit or cancel')
-    this.hash.update(chunk)
-    let offset = 0
-    while (offset < chunk.byteLength) {
-      const { bytesWritten } = await this.handle.write(chunk, offset, chunk.byteLength - offset, this.written + offset)
-      offset += bytesWritten
-    }
-    this.written += chunk.byteLength
+    for (const chunk of chunks) this.hash.update(chunk)
+    this.written += await writeFully(this.handle, chunks, this.written)
   }
 
   async commit(digest: string, size: number, onVerified?: () => void): Promise<void> {

@@ -572,6 +572,10 @@ class S3BlobWriter implements BlobWriter {
     }
   }
 
+  async writev(chunks: readonly Uint8Array[]): Promise<void> {
+    for (const chunk of chunks) await this.write(chunk)
+  }
+
   /** The part buffer, with room for at least one more byte (grown up to the part size). */
   private room(): Buffer {
     const partSize = this.store.partSize

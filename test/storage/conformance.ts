@@ -109,6 +109,22 @@ export async function runConformance(t: Test, name: string, makeStore: MakeStore
     await noTemp(t, subject, 'after commits')
   })
 
+  await t.test(`${name}: writev appends several chunks in order, mixed with write`, async (t) => {
+    const { store } = await makeStore(t)
+    const blob = testBlob(700_003)
+    const writer = await store.createWriter('sha256')
+    const cuts = [0, 1, 65_536, 65_537, 300_000, 300_000, 512_000, 700_003]
+    const pieces = cuts.slice(1).map((end, i) => blob.bytes.subarray(cuts[i], end))
+    await writer.write(pieces[0] as Buffer)
+    await writer.writev(pieces.slice(1, 4))
+    await writer.writev([])
+    await writer.writev(pieces.slice(4))
+    t.equal(writer.written, blob.bytes.byteLength, 'written counts every chunk, empty ones included')
+    if (writer.localPath !== undefined) t.same(await readFile(writer.localPath), blob.bytes, 'localPath holds the bytes in order')
+    await writer.commit(blob.digest, blob.bytes.byteLength)
+    t.ok((await readAll(await store.read(blob.digest))).equals(blob.bytes), 'the committed blob is the chunks in order')
+  })
+
   await t.test(`${name}: sha512 blobs`, async (t) => {
     const { store } = await makeStore(t)
     const blob = testBlob(70_000, 'sha512')
