@@ -117,6 +117,14 @@ export class BlobFill {
     return bytesRead
   }
 
+  /**
+   * Where the bytes a reader can get now end: the file's, or in pass-through
+   * the queue's (not `received`: a batch counted there may not be queued yet).
+   */
+  get available(): number {
+    return this.passThrough ? this.queueOffset + this.queuedBytes : this.written
+  }
+
   /** The newest written bytes at position, at most maxLength, from memory; undefined when they are only in the file. */
   recentAt(position: number, maxLength: number): Buffer | undefined {
     return this.recent.slice(position, maxLength)
@@ -295,6 +303,7 @@ export class BlobFill {
   private async enterPassThrough(cause: unknown, writer: BlobWriter, algorithm: DigestAlgorithm): Promise<Hash> {
     this.options.log.error({ digest: this.digest, upstream: this.upstream, written: this.written, err: cause }, 'storage failed mid-fill: passing the blob through uncached')
     this.passThrough = true
+    this.queueOffset = this.written
     this.recent.clear()
     await writer.cancel().catch(() => undefined)
     this.options.hooks.onPassThrough?.(this)
@@ -306,7 +315,6 @@ export class BlobFill {
       hash.update(buffer.subarray(0, n))
       pos += n
     }
-    this.queueOffset = this.written
     this.notify() // joiners wake up and see they are cut
     return hash
   }
@@ -379,7 +387,7 @@ export class FillReader implements BlobSource {
     if (fill.state === 'failed') throw fill.error ?? new Error('fill failed')
     if (fill.passThrough && !this.originator) throw new Error('cache storage failed; retry')
     const verified = fill.state === 'verified' || fill.state === 'published'
-    const available = fill.passThrough ? fill.received : fill.written
+    const available = fill.available
     const total = fill.size
     const end = this.endExclusive ?? total
     // Everything received is readable, except the very last byte of the blob until verified.

@@ -43,6 +43,7 @@ t.test('disk full (ENOSPC on a 16 MiB tmpfs) while filling a 40 MB blob', async 
   await waitFor(async () => mirror.logs().length > 0 && (await readdir(join(cacheRoot, 'tmp'))).length > 0, 5000, 'fill started')
   const joiners = await Promise.all(Array.from({ length: 3 }, () => fetchHashed(url)))
   const first = await originator
+  if (first.error !== undefined) t.comment(JSON.stringify(mirror.logs().filter((l) => l['msg'] !== 'request' || l['digest'] === digest).map((l) => ({ msg: l['msg'], err: (l['err'] as { message?: string } | undefined)?.message, written: l['written'], bytes: l['bytes'], cache: l['cache'], aborted: l['aborted'] }))))
   t.equal(first.status, 200)
   t.equal(first.error, undefined, 'the client that started the fill was not cut')
   t.equal(first.bytes, 40 * MB, 'it got every byte')
