@@ -27,7 +27,7 @@ export interface Mirror {
   readonly rateLimits: RateLimitTracker
   /** Present when storage.maxSize is set. */
   readonly evictor: Evictor
-  /** Responses written outside fastify's lifecycle (blobs sent from files), for shutdown to wait on. */
+  /** Responses written outside fastify's reply (blobs sent from files and fills), for shutdown to wait on. */
   readonly transfers: Set<Promise<void>>
   /** True once the store has been initialised (for /readyz). */
   storeReady: boolean

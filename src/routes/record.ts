@@ -4,7 +4,8 @@ import type { Mirror } from '../mirror.js'
 /**
  * The one log line and the metrics of a finished request. Called by the
  * onResponse hook, and by handlers that write the response themselves
- * (fastify runs no hooks for those); each request is recorded once.
+ * (fastify's hook never runs for those when the client leaves early); each
+ * request is recorded once, by whichever comes first.
  */
 export function recordResponse(mirror: Mirror, request: FastifyRequest, reply: FastifyReply): void {
   const ctx = request.stevedore
