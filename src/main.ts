@@ -1,3 +1,5 @@
+import type { AddressInfo } from 'node:net'
+import { Agent, request } from 'undici'
 import { loadConfig, type LoadOptions } from './config/load.js'
 import { buildApp } from './app.js'
 import { createMirror, initStore } from './mirror.js'
@@ -14,6 +16,7 @@ export async function serve(options: LoadOptions): Promise<number> {
   await initStore(mirror)
   const app = buildApp(mirror)
   await app.listen({ host: config.listen.host, port: config.listen.port })
+  void warmUp(app.server.address())
   log.info({
     listen: `${config.listen.host}:${config.listen.port}`,
     storage: mirror.store.kind,
@@ -52,4 +55,23 @@ export async function serve(options: LoadOptions): Promise<number> {
     process.once('SIGTERM', stop)
     process.once('SIGINT', stop)
   })
+}
+
+/**
+ * undici compiles its HTTP parser on its first connection (about 25 ms
+ * measured here): one request to our own /healthz pays that at start-up,
+ * not the first pull after a restart. Best effort; loopback only.
+ */
+async function warmUp(address: AddressInfo | string | null): Promise<void> {
+  if (address === null || typeof address === 'string') return
+  const host = address.address === '0.0.0.0' ? '127.0.0.1' : address.address === '::' ? '[::1]' : address.family === 'IPv6' ? `[${address.address}]` : address.address
+  const agent = new Agent({ connect: { timeout: 1000 }, headersTimeout: 1000, bodyTimeout: 1000 })
+  try {
+    const res = await request(`http://${host}:${address.port}/healthz`, { dispatcher: agent, headers: { 'user-agent': 'stevedore-warm-up' } })
+    await res.body.dump()
+  } catch {
+    // Nothing depends on it.
+  } finally {
+    await agent.close().catch(() => undefined)
+  }
 }
