@@ -18,11 +18,12 @@ const give = (buffer: Buffer): void => {
  * chunks the source holds in memory go out as they are, the rest is read
  * into two recycled 1 MiB buffers, the next read running while the last
  * write drains. At most one write is in flight (backpressure), and nothing
- * is allocated per chunk. Rejects when the client goes away or the source
+ * is allocated per full-size chunk. Rejects when the client goes away or the source
  * fails or runs short; never ends res.
  */
 export async function writeBlob(source: BlobSource, start: number, res: ServerResponse): Promise<void> {
-  const buffers = [take(), take()] as const
+  // Taken on the first full-size read: a small blob never holds 1 MiB.
+  const buffers: Array<Buffer | undefined> = [undefined, undefined]
   let closedError: Error | undefined
   let onClose: (() => void) | undefined
   const closed = new Promise<void>((resolve) => {
@@ -55,9 +56,15 @@ export async function writeBlob(source: BlobSource, start: number, res: ServerRe
         size += part.byteLength
       }
       if (size === 0) {
-        // The buffer written before the last one: its write is done (one in flight at most).
-        const buffer = buffers[turn] as Buffer
-        turn ^= 1
+        let buffer: Buffer
+        if (max === CHUNK) {
+          // The recycled buffer written before the last one: its write is done (one in flight at most).
+          buffer = buffers[turn] ??= take()
+          turn ^= 1
+        } else {
+          // A short read (a small blob, a tail, a fill's latest bytes) gets a buffer of its own size.
+          buffer = Buffer.allocUnsafe(max)
+        }
         const n = await source.read(buffer, max, pos)
         if (n <= 0) throw new Error('blob data is shorter than its size')
         parts.splice(0, parts.length, n === buffer.byteLength ? buffer : buffer.subarray(0, n))
@@ -74,7 +81,7 @@ export async function writeBlob(source: BlobSource, start: number, res: ServerRe
   } finally {
     if (onClose !== undefined) res.removeListener('close', onClose)
     // A write that failed half-way may still hold its buffer: only clean runs recycle.
-    if (clean) buffers.forEach(give)
+    if (clean) for (const buffer of buffers) if (buffer !== undefined) give(buffer)
   }
 }
 
