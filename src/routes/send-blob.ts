@@ -57,12 +57,12 @@ export async function writeBlob(source: BlobSource, start: number, res: ServerRe
       }
       if (size === 0) {
         let buffer: Buffer
-        if (max === CHUNK) {
+        if (max === CHUNK || buffers[0] !== undefined || buffers[1] !== undefined) {
           // The recycled buffer written before the last one: its write is done (one in flight at most).
           buffer = buffers[turn] ??= take()
           turn ^= 1
         } else {
-          // A short read (a small blob, a tail, a fill's latest bytes) gets a buffer of its own size.
+          // A blob that never needed a full-size read (a small one) gets a buffer of its own size.
           buffer = Buffer.allocUnsafe(max)
         }
         const n = await source.read(buffer, max, pos)
