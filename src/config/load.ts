@@ -13,11 +13,6 @@ export interface LoadOptions {
 const readSecret = (path: string): string => readFileSync(path, 'utf8')
 
 /**
- * Loads the configuration. Precedence: command-line flags, then environment
- * variables (STEVEDORE_LISTEN, STEVEDORE_LOG_LEVEL), then the file, then the
- * embedded defaults.
- */
-/**
  * The configuration document, unvalidated: the YAML file named by `file`,
  * else by STEVEDORE_CONFIG, else the embedded default.
  */
@@ -38,6 +33,11 @@ export function readConfigDocument(file: string | undefined, env: NodeJS.Process
   }
 }
 
+/**
+ * Loads the configuration. Precedence: command-line flags, then environment
+ * variables (STEVEDORE_LISTEN, STEVEDORE_LOG_LEVEL), then the file, then the
+ * embedded defaults.
+ */
 export function loadConfig(options: LoadOptions = {}): Config {
   const env = options.env ?? process.env
   const raw = readConfigDocument(options.file, env)
