@@ -14,10 +14,11 @@ import { cpus, loadavg, tmpdir, totalmem } from 'node:os'
 import { join, resolve } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { request } from 'undici'
-import { checkFanOut, fanOut, wrk, type FanOutResult, type WrkResult } from './clients.js'
+import { checkFanOut, fanOut, wrk, type ClientResult, type FanOutResult, type WrkResult } from './clients.js'
 import { startNginx } from './nginx.js'
 import { startPacer } from './pacer.js'
 import { Scope } from './scope.js'
+import { stalledReaders, type StalledResult } from './stalled.js'
 import { cpuSeconds, memoryOf, sampleMemory, startDistributionProxy, startStevedore } from './systems.js'
 import { startContainerd, writeHostsToml } from '../test/harness/containerd.js'
 import { buildImage, MT, pushImage } from '../test/harness/images.js'
@@ -27,17 +28,26 @@ import { errMessage, freePort, makeTemp, removeDir, sha256, sleep, which } from 
 // ------------------------------------------------------------------ parameters
 
 const MB = 1_000_000
-const SECTIONS = ['cold', 'warm', 'rss', 'manifests', 'paced', 'containerd'] as const
+const SECTIONS = ['cold', 'warm', 'rss', 'stalled', 'manifests', 'paced', 'containerd'] as const
 type Section = (typeof SECTIONS)[number]
 
-const USAGE = `usage: npm run bench [-- --quick] [--only SECTION,...] [--rounds N] [--cpu-prof DIR]
+const USAGE = `usage: npm run bench [-- --quick] [--only SECTION,...] [--rounds N] [--cpu-prof DIR] [--stalled-hold S]
   --quick       small sizes, short runs, one round: checks answers, not speed (CI)
   --only        run only these sections: ${SECTIONS.join(', ')}
   --rounds N    rounds per wall-time figure (default 3, quick 1)
-  --cpu-prof D  run Stevedore with --cpu-prof, profiles in D (one per Stevedore process)`
+  --cpu-prof D  run Stevedore with --cpu-prof, profiles in D (one per Stevedore process)
+  --stalled-hold S  keep the stalled readers S seconds after the fetches under load (default 5, quick 2)`
 
-function parseArgs(argv: string[]): { quick: boolean; only: Set<Section>; rounds?: number; cpuProf?: string } {
-  const out: { quick: boolean; only: Set<Section>; rounds?: number; cpuProf?: string } = { quick: false, only: new Set(SECTIONS) }
+interface Args {
+  quick: boolean
+  only: Set<Section>
+  rounds?: number
+  cpuProf?: string
+  stalledHoldS?: number
+}
+
+function parseArgs(argv: string[]): Args {
+  const out: Args = { quick: false, only: new Set(SECTIONS) }
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i] ?? ''
     const value = (): string => {
@@ -55,6 +65,11 @@ function parseArgs(argv: string[]): { quick: boolean; only: Set<Section>; rounds
       if (!Number.isInteger(n) || n < 1) throw new Error(`--rounds: a positive integer\n${USAGE}`)
       out.rounds = n
     } else if (a === '--cpu-prof') out.cpuProf = value()
+    else if (a === '--stalled-hold') {
+      const n = Number(value())
+      if (!Number.isFinite(n) || n < 0) throw new Error(`--stalled-hold: seconds, 0 or more\n${USAGE}`)
+      out.stalledHoldS = n
+    }
     else if (a === '--help' || a === '-h') {
       process.stdout.write(`${USAGE}\n`)
       process.exit(0)
@@ -68,9 +83,10 @@ const QUICK = ARGS.quick
 const run = (s: Section): boolean => ARGS.only.has(s)
 
 const P = QUICK
-  ? { blob: 8 * MB, layers: [2 * MB, 2 * MB, 2 * MB, 2 * MB], clients: 20, streams: 50, rounds: 1, peerRounds: 1, wrkSeconds: 1, connections: 32, linkRate: 100 * MB, hashClients: 1000, maxTimeS: 60, settleCapMs: 10_000 }
-  : { blob: 200 * MB, layers: [100 * MB, 100 * MB, 100 * MB, 100 * MB], clients: 20, streams: 50, rounds: 3, peerRounds: 1, wrkSeconds: 8, connections: 32, linkRate: 100 * MB, hashClients: 1, maxTimeS: 300, settleCapMs: 60_000 }
+  ? { blob: 8 * MB, layers: [2 * MB, 2 * MB, 2 * MB, 2 * MB], clients: 20, streams: 50, rounds: 1, peerRounds: 1, wrkSeconds: 1, connections: 32, linkRate: 100 * MB, hashClients: 1000, maxTimeS: 60, settleCapMs: 10_000, stalled: { readers: 60, rate: '2k', settleMs: 3000, holdMs: 2000, fetches: 1 } }
+  : { blob: 200 * MB, layers: [100 * MB, 100 * MB, 100 * MB, 100 * MB], clients: 20, streams: 50, rounds: 3, peerRounds: 1, wrkSeconds: 8, connections: 32, linkRate: 100 * MB, hashClients: 1, maxTimeS: 300, settleCapMs: 60_000, stalled: { readers: 300, rate: '2k', settleMs: 15_000, holdMs: 5000, fetches: 3 } }
 if (ARGS.rounds !== undefined) P.rounds = ARGS.rounds
+if (ARGS.stalledHoldS !== undefined) P.stalled.holdMs = ARGS.stalledHoldS * 1000
 // Figures that only give context (no Stevedore target is a ratio to them) and
 // take long: distribution behind the link (~45 s a round: its 21 fetches share
 // the link) and the peers' containerd pulls. One round each keeps the full
@@ -316,6 +332,51 @@ async function main(): Promise<number> {
       progress(`${P.streams} cached streams: ${res.wall.toFixed(2)} s (${fmt((P.streams * blob.size) / res.wall / MB, 0)} MB/s); stevedore RSS idle ${(idle.rss / 2 ** 20).toFixed(0)} MiB, peak ${(rss.peak / 2 ** 20).toFixed(0)} MiB`)
     }
 
+    // -------------------------------------------------------------- stalled readers
+    // Each system restarted on its warm cache (idle = before any request), then
+    // N readers at --limit-rate on the cached blob; see bench/stalled.ts.
+    const stalled: Partial<Record<SystemKey, StalledResult>> = {}
+    if (run('stalled')) {
+      const S = P.stalled
+      const stalledOf: Record<SystemKey, { url: string; restart: () => Promise<void>; pids: () => Promise<number[]> }> = {
+        stevedore: { url: stvD.url, restart: () => stvD.restart({ wipe: false }), pids: async () => [stvD.mirror.pid()].filter((p): p is number => p !== undefined) },
+        distribution: { url: distD.url, restart: () => distD.restart({ wipe: false }), pids: () => distD.pids() },
+        nginx: { url: nginxDirect.url, restart: () => nginx.restart({ wipeCaches: false }), pids: () => nginx.pids() },
+      }
+      for (const key of SYSTEMS) {
+        const sys = stalledOf[key]
+        await ensureCached(key)
+        await sys.restart()
+        const pids = await sys.pids()
+        if (pids.length === 0) throw new Error(`${key} not running`)
+        upstream.resetRequests()
+        const r = await stalledReaders({
+          url: blobPath(sys.url),
+          port: Number(new URL(sys.url).port),
+          pids,
+          size: blob.size,
+          digest: blob.digest,
+          readers: S.readers,
+          rate: S.rate,
+          settleMs: S.settleMs,
+          holdMs: S.holdMs,
+          fetches: S.fetches,
+          hashFetches: QUICK ? S.fetches + 1 : 1,
+          maxTimeS: P.maxTimeS,
+          log: (m) => progress(`${key}: ${m}`),
+        })
+        for (const b of r.problems) problem(`stalled readers, ${key}: ${b}`)
+        const refetched = upstream.requests().filter((x) => x.method === 'GET' && x.path.includes(blob.digest)).length
+        stalled[key] = r
+        const mibOf = (b: number): string => (b / 2 ** 20).toFixed(0)
+        progress(
+          `stalled readers ×${S.readers} at ${S.rate}/s: ${key}: RSS idle ${mibOf(r.idleRss)} MiB, before readers ${mibOf(r.beforeRss)}, peak ${mibOf(r.peakRss)} MiB` +
+            `${key === 'stevedore' ? ` (≤ 256 MiB: ${r.peakRss <= 256 * 2 ** 20 ? 'PASS' : 'FAIL'})` : ''}; ${r.served}/${r.readers} served (${fmt(r.received / MB)} MB in all), ${r.open} connections open; ` +
+            `fresh client ${fmt(median(r.alone.map((c) => c.total)), 3)} s alone, ${fmt(median(r.loaded.map((c) => c.total)), 3)} s under load${refetched > 0 ? `; ${refetched} upstream GETs of the blob` : ''}`,
+        )
+      }
+    }
+
     // -------------------------------------------------------------- manifests
     const manifests: Record<SystemKey, { tag?: WrkResult; digest?: WrkResult }> = { stevedore: {}, distribution: {}, nginx: {} }
     if (run('manifests')) {
@@ -488,6 +549,28 @@ async function main(): Promise<number> {
     if (rss !== undefined) {
       row(`peak RSS, ${P.streams} concurrent streams of the cached ${blobMB} blob (their MB/s)`, { stevedore: `${mib(rss.peak)} (${fmt((P.streams * blob.size) / rss.wall / MB, 0)} MB/s)`, distribution: '—', nginx: '—' }, '≤ 256 MiB', rss.peak <= 256 * 2 ** 20)
     }
+    if (run('stalled')) {
+      const S = P.stalled
+      const peak = col((k) => stalled[k]?.peakRss ?? NaN)
+      const mibN = (b: number): string => (Number.isFinite(b) ? (b / 2 ** 20).toFixed(0) : '—')
+      const fresh = (rs: ClientResult[] | undefined): number => median((rs ?? []).map((c) => c.total))
+      row(
+        `${S.readers} stalled readers (curl --limit-rate ${S.rate}) of the cached ${blobMB} blob: RSS idle → peak, MiB (peak × distribution)`,
+        col((k) => `${mibN(stalled[k]?.idleRss ?? NaN)} → ${mibN(peak[k])} (${fmtRatio(peak[k] / peak.distribution)})`),
+        '≤ 256 MiB',
+        peak.stevedore <= 256 * 2 ** 20,
+      )
+      row(
+        'stalled readers: still served at the end (curl running, its connection ESTABLISHED at the server); connections the server held',
+        col((k) => (stalled[k] === undefined ? '—' : `${stalled[k]?.served}/${stalled[k]?.readers}; ${stalled[k]?.open}`)),
+        `all ${S.readers}`,
+        stalled.stevedore?.served === S.readers,
+      )
+      row(
+        `stalled readers: one fresh client, whole blob at full speed, alone → under load, s (× alone)`,
+        col((k) => `${fmt(fresh(stalled[k]?.alone), 3)} → ${fmt(fresh(stalled[k]?.loaded), 3)} (${fmtRatio(fresh(stalled[k]?.loaded) / fresh(stalled[k]?.alone))})`),
+      )
+    }
     if (peakRssCold.length > 0) row('Stevedore peak RSS after the cold fan-outs (VmHWM)', { stevedore: mib(maxOf(peakRssCold)), distribution: '—', nginx: '—' })
 
     const header = ['figure', 'baseline', 'Stevedore', 'distribution (proxy)', 'nginx', 'target (Stevedore)', 'met?']
@@ -501,7 +584,7 @@ async function main(): Promise<number> {
     process.stdout.write(
       `\nStevedore bench, ${machine.mode} mode, ${machine.date.slice(0, 10)}; ${machine.cores} cores (${machine.cpu}), ${machine.memGiB} GiB, node ${machine.node}; ` +
         `load average at start ${machine.loadAtStart}, at end ${endLoad}; ${P.rounds === 1 ? '1 round' : `medians of ${P.rounds} rounds`}; ran ${elapsed.toFixed(0)} s\n` +
-        `nginx: cold and paced rows = proxy_cache with proxy_cache_lock; warm row = sendfile of the upstream's own files. distribution: 2.8 in proxy mode.\n\n${lines.join('\n')}\n` +
+        `nginx: cold, paced and stalled rows = proxy_cache with proxy_cache_lock; warm row = sendfile of the upstream's own files. distribution: 2.8 in proxy mode.\n\n${lines.join('\n')}\n` +
         (P.peerRounds < P.rounds ? `\n¹ ${P.peerRounds === 1 ? 'one round' : `${P.peerRounds} rounds`}: a peer's figure for context, no target is a ratio to it.\n` : '') +
         '\n',
     )
@@ -516,6 +599,7 @@ async function main(): Promise<number> {
       paced: { alone, rounds: pacedRounds },
       manifests,
       rss: { ...rss, peakRssCold },
+      stalled,
       containerd: { direct: pullDirect, cold: pullCold, warm: pullWarm, warmRefetch, mirrorCpu: pullCpu },
       rows,
       problems,

@@ -1,8 +1,9 @@
 import type { AddressInfo } from 'node:net'
+import type { FastifyInstance } from 'fastify'
 import { Agent, request } from 'undici'
 import { loadConfig, type LoadOptions } from './config/load.js'
 import { buildApp } from './app.js'
-import { createMirror, initStore } from './mirror.js'
+import { createMirror, initStore, type Mirror } from './mirror.js'
 import { createLogger } from './observability/logger.js'
 
 /**
@@ -12,6 +13,9 @@ import { createLogger } from './observability/logger.js'
 export async function serve(options: LoadOptions): Promise<number> {
   const config = loadConfig(options)
   const log = createLogger(config.logLevel)
+  // None is expected (every fault path handles its promises; tests check this line never appears).
+  // Should one slip through, one bad request must not take down every node's pulls.
+  process.on('unhandledRejection', (err: unknown) => log.error({ err }, 'unhandled rejection'))
   const mirror = await createMirror(config, log)
   await initStore(mirror)
   const app = buildApp(mirror)
@@ -29,33 +33,50 @@ export async function serve(options: LoadOptions): Promise<number> {
     const stop = (signal: NodeJS.Signals): void => {
       if (stopping) return
       stopping = true
-      log.info({ signal, fills: mirror.blobs.inflight.size }, 'shutting down: finishing running transfers')
-      // Keep-alive sockets whose last response finished after close() began would hold the server open.
-      const sweeper = setInterval(() => app.server.closeIdleConnections(), 200)
-      let timer: NodeJS.Timeout | undefined
-      const deadline = new Promise<void>((done) => {
-        timer = setTimeout(() => {
-          log.warn({ timeoutMs: config.timeouts.shutdownMs, fills: mirror.blobs.inflight.size }, 'shutdown timed out: closing remaining connections')
-          app.server.closeAllConnections()
-          done()
-        }, config.timeouts.shutdownMs)
-      })
-      // close() stops accepting at once and resolves when running requests are done;
-      // fills nobody reads any more are finished too, so their blobs are not lost.
-      Promise.race([Promise.all([app.close(), mirror.blobs.drain(), Promise.all([...mirror.transfers])]), deadline])
-        .then(() => mirror.close())
-        .catch((err: unknown) => log.error({ err }, 'error during shutdown'))
-        .finally(() => {
-          clearTimeout(timer)
-          clearInterval(sweeper)
-          log.info('stopped')
-          resolve(0)
-        })
+      void shutDown(mirror, app, signal).then(() => resolve(0))
     }
     process.once('SIGTERM', stop)
     process.once('SIGINT', stop)
   })
 }
+
+/**
+ * Stops accepting, lets running transfers and fills finish, then writes
+ * what must survive. `timeouts.shutdown` bounds all of it: past its cut-off,
+ * fills are aborted and client and upstream sockets destroyed, with one log
+ * line of what was cut. Never rejects.
+ */
+async function shutDown(mirror: Mirror, app: FastifyInstance, signal: NodeJS.Signals): Promise<void> {
+  const { log, config } = mirror
+  const total = config.timeouts.shutdownMs
+  // The last part of the bound is kept for writing access times after a cut.
+  const reserve = Math.min(1000, Math.floor(total / 5))
+  log.info({ signal, fills: mirror.blobs.inflight, transfers: mirror.transfers.size }, 'shutting down: finishing running transfers')
+  // Keep-alive sockets whose last response finished after close() began would hold the server open.
+  const sweeper = setInterval(() => app.server.closeIdleConnections(), 200)
+  const hardStop = sleep(total)
+  try {
+    // close() stops accepting at once and resolves when running requests are done;
+    // fills nobody reads any more are finished too, so their blobs are not lost.
+    const graceful = Promise.all([app.close(), mirror.blobs.drain(), Promise.all([...mirror.transfers])]).then(() => true)
+    const finished = await Promise.race([graceful, sleep(total - reserve).then(() => false)])
+    if (!finished) {
+      const transfers = mirror.transfers.size
+      const fills = mirror.blobs.abortAll('shutdown deadline')
+      app.server.closeAllConnections()
+      mirror.destroyUpstreams()
+      log.warn({ timeoutMs: total, transfersCut: transfers, fillsCut: fills.length, digests: fills.slice(0, 10) }, 'shutdown deadline: cut the remaining transfers and fills')
+    }
+    await Promise.race([mirror.close(), hardStop])
+  } catch (err) {
+    log.error({ err }, 'error during shutdown')
+  } finally {
+    clearInterval(sweeper)
+    log.info('stopped')
+  }
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms).unref())
 
 /**
  * undici compiles its HTTP parser on its first connection (about 25 ms

@@ -5,8 +5,11 @@ import { BlobService } from './cache/blobs.js'
 import { Evictor } from './cache/eviction.js'
 import { ManifestStore } from './cache/manifest-store.js'
 import { ManifestService } from './cache/manifests.js'
+import { ContentScopes } from './cache/scopes.js'
 import type { Config } from './config/schema.js'
+import { Slots } from './limits/slots.js'
 import { Metrics } from './observability/metrics.js'
+import { SendBuffers, type SendOptions } from './routes/send-blob.js'
 import type { BlobStore } from './storage/blob-store.js'
 import { createBlobStore } from './storage/create.js'
 import { LayoutError } from './storage/filesystem.js'
@@ -23,6 +26,10 @@ export interface Mirror {
   readonly clients: ReadonlyMap<string, UpstreamClient>
   readonly manifests: ManifestService
   readonly blobs: BlobService
+  /** Blob responses sending at once (limits.responses). */
+  readonly responseSlots: Slots
+  /** How blob bodies are written: shared buffers, the write timeout. */
+  readonly send: SendOptions
   readonly metrics: Metrics
   readonly rateLimits: RateLimitTracker
   /** Present when storage.maxSize is set. */
@@ -31,7 +38,10 @@ export interface Mirror {
   readonly transfers: Set<Promise<void>>
   /** True once the store has been initialised (for /readyz). */
   storeReady: boolean
+  /** Writes what must survive (access times) and closes upstream connections once their requests end. */
   close(): Promise<void>
+  /** Destroys upstream connections now, whatever runs on them (shutdown past its deadline). */
+  destroyUpstreams(): void
 }
 
 export interface MirrorOptions {
@@ -43,7 +53,7 @@ export interface MirrorOptions {
 /** Builds the mirror's services. The store is not initialised yet: see initStore. */
 export async function createMirror(config: Config, log: Logger, options: MirrorOptions = {}): Promise<Mirror> {
   const metrics = options.metrics ?? new Metrics()
-  const store = options.store ?? (await createBlobStore(config.storage, log, { fillTimeoutMs: config.timeouts.fillMs }))
+  const store = options.store ?? (await createBlobStore(config.storage, log))
   // Without a quota the evictor still tracks sizes, so the cache size is always exported.
   const maxSize = config.storage.maxSize
   const evictor = new Evictor(store, {
@@ -53,7 +63,7 @@ export async function createMirror(config: Config, log: Logger, options: MirrorO
     metrics,
     instance: `${hostname()}-${config.listen.port}`,
   })
-  const rateLimits = new RateLimitTracker(config.cache.rateLimitBackoffMs)
+  const rateLimits = new RateLimitTracker({ backoffMs: config.cache.rateLimitBackoffMs, log })
   const clients = new Map<string, UpstreamClient>()
   for (const [name, upstream] of config.upstreams) {
     clients.set(name, new UpstreamClient(upstream, {
@@ -63,31 +73,52 @@ export async function createMirror(config: Config, log: Logger, options: MirrorO
       onResponse: ({ method, status, headers, seconds }) => {
         metrics.upstreamRequests.inc({ upstream: name, method, status: String(status) })
         metrics.upstreamLatency.observe({ upstream: name, status: String(status) }, seconds)
-        rateLimits.observe(name, status, headers)
-        const remaining = rateLimits.snapshot().get(name)
+        // Upstreams with the same URL are one registry: they share its limits.
+        rateLimits.observe(upstream.url.origin, status, headers)
+        const remaining = rateLimits.remaining(upstream.url.origin)
         if (remaining !== undefined) metrics.rateLimitRemaining.set({ upstream: name }, remaining)
       },
       onError: (reason) => metrics.upstreamErrors.inc({ upstream: name, reason }),
+      refusal: () => (rateLimits.refusedForMs(upstream.url.origin) > 0 ? rateLimits.refusal(name, upstream.url.origin) : undefined),
+      onRetry: ({ attempt, delayMs, reason }) => {
+        metrics.upstreamRetries.inc({ upstream: name, reason: reason.startsWith('HTTP ') ? reason.replace(' ', '_') : reason })
+        log.info({ upstream: name, attempt, delayMs, reason }, 'upstream request failed; retrying')
+      },
     }))
   }
+  const scopes = new ContentScopes(store, log)
   const manifestStore = new ManifestStore(evictor.track(store), config.cache.memoryBytes, (key, bytes) => evictor.onAccess(key, bytes))
   const manifests = new ManifestService(manifestStore, {
     policy: config.cache,
     log,
-    getsPaused: (upstream) => rateLimits.paused(upstream),
+    scopes,
+    getsPaused: (upstream) => {
+      const origin = config.upstreams.get(upstream)?.url.origin
+      return origin !== undefined && rateLimits.getsPaused(origin)
+    },
   })
+  const { limits } = config
+  const fillSlots = new Slots({
+    what: 'blob fills',
+    key: 'limits.fills',
+    capacity: limits.fills,
+    reservedForLive: limits.fillsReservedForPulls,
+    queue: limits.fillQueue,
+    timeoutMs: limits.queueTimeoutMs,
+  })
+  const responseSlots = new Slots({ what: 'blob responses', key: 'limits.responses', capacity: limits.responses, queue: limits.responseQueue, timeoutMs: limits.queueTimeoutMs })
   const blobs = new BlobService(store, {
-    fillTimeoutMs: config.timeouts.fillMs,
+    ...(config.timeouts.fillMs !== undefined ? { maxFillMs: config.timeouts.fillMs } : {}),
     spoolDir: config.storage.backend.kind === 's3' ? config.storage.backend.spoolDir : join(config.storage.backend.root, 'tmp'),
     log,
+    fillSlots,
+    scopes,
     onAccess: (digest: string, size: number) => evictor.onAccess(digest, size),
     pin: (digest: string) => evictor.pin(digest),
-    hooks: {
+    events: {
       onUpstreamBytes: (n) => metrics.upstreamBytes.inc(n),
-      onStart: () => metrics.fillsInProgress.inc(),
-      onEnd: (fill, outcome, failure) => {
-        metrics.fills.inc({ outcome })
-        metrics.fillsInProgress.dec()
+      onEnd: (fill, failure) => {
+        metrics.fills.inc({ outcome: fill.stored ? 'published' : 'failed' })
         if (failure !== undefined) metrics.upstreamErrors.inc({ upstream: fill.upstream, reason: failure })
       },
     },
@@ -100,6 +131,8 @@ export async function createMirror(config: Config, log: Logger, options: MirrorO
     clients,
     manifests,
     blobs,
+    responseSlots,
+    send: { buffers: new SendBuffers(limits.sendBuffers), writeTimeoutMs: limits.writeTimeoutMs },
     metrics,
     rateLimits,
     evictor,
@@ -108,6 +141,9 @@ export async function createMirror(config: Config, log: Logger, options: MirrorO
     async close() {
       await evictor.stop()
       await Promise.all([...clients.values()].map((c) => c.close()))
+    },
+    destroyUpstreams() {
+      for (const c of clients.values()) c.destroy()
     },
   }
 }

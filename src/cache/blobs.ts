@@ -1,12 +1,17 @@
 import type { Readable } from 'node:stream'
 import type { Logger } from 'pino'
+import type { SlotClass, Slots } from '../limits/slots.js'
 import { RegistryError } from '../oci/errors.js'
 import { BlobNotFoundError, type BlobStore, type ByteRange } from '../storage/blob-store.js'
+import { downloadBlob } from '../upstream/blob-download.js'
 import type { UpstreamClient } from '../upstream/client.js'
 import { errorForUpstreamStatus } from '../upstream/errors.js'
-import { BlobFill, FillReader, type FillHooks } from './blob-fill.js'
+import { BlobFill, type FillEvents } from './blob-fill.js'
 import { FileSource, type BlobSource } from './blob-source.js'
+import { FillReader } from './fill-reader.js'
 import { parseRange } from './range.js'
+import { SingleFlight } from '../lib/single-flight.js'
+import type { Confirmation, ContentScopes } from './scopes.js'
 
 export type CacheResult = 'hit' | 'miss' | 'joined' | 'stale' | 'revalidated'
 
@@ -16,75 +21,116 @@ export interface BlobTarget {
   readonly digest: string
 }
 
-export interface BlobAnswer {
-  readonly cache: CacheResult
-  /** Total size of the blob. */
+/** What a blob GET is answered with. Every `source` and `body` must be closed or consumed by the caller. */
+export type BlobAnswer =
+  /** A stored blob as a local file, sent from the range's start. */
+  | { readonly kind: 'file'; readonly cache: 'hit'; readonly size: number; readonly range: ByteRange | undefined; readonly source: BlobSource }
+  /** A stored blob as a stream (a store without local files). */
+  | { readonly kind: 'stream'; readonly cache: 'hit'; readonly size: number; readonly range: ByteRange | undefined; readonly body: Readable }
+  /** A stored blob the client fetches itself (a presigned URL). */
+  | { readonly kind: 'redirect'; readonly cache: 'hit'; readonly size: number; readonly url: string }
+  /** A fill in progress; size undefined when the upstream announced none. */
+  | { readonly kind: 'fill'; readonly cache: 'miss' | 'joined'; readonly size: number | undefined; readonly range: ByteRange | undefined; readonly source: BlobSource }
+
+export interface BlobHeadAnswer {
+  readonly cache: 'hit' | 'miss' | 'joined'
   readonly size: number
-  /** Present for 206 answers. */
-  readonly range?: ByteRange
-  /** The body as a stream (a store without local files); the caller must consume or destroy it. */
-  readonly body?: Readable
-  /** The body as a source to send from the range's start (a local file, or a fill); the caller must close it. */
-  readonly source?: BlobSource
-  /** A URL to redirect the client to instead of a body. */
-  readonly redirect?: string
+}
+
+export interface BlobGetOptions {
+  readonly range?: string
+  /** Whether a store's presigned URL may answer instead of the bytes. */
+  readonly allowRedirect?: boolean
+  /** Live pulls keep their reserved fill slots over background work. */
+  readonly slotClass?: SlotClass
 }
 
 export interface BlobServiceOptions {
-  readonly fillTimeoutMs: number
   readonly spoolDir: string
   readonly log: Logger
-  readonly hooks?: FillHooks
+  /** Bounds concurrent fills (limits.fills). */
+  readonly fillSlots: Slots
+  /** An overall cap on one fill (timeouts.fill); none when undefined. */
+  readonly maxFillMs?: number
+  readonly events?: FillEvents
   /** Told when a stored blob is read, for LRU eviction. */
   readonly onAccess?: (digest: string, size: number) => void
   /** Pins a digest while a stream of it is open, so eviction leaves it alone. */
   readonly pin?: (digest: string) => () => void
+  /** Which registries hold which blobs: a cached blob is served only through those. */
+  readonly scopes: ContentScopes
 }
 
 /** Blob answers from the store, or from one shared upstream fill per digest. */
 export class BlobService {
-  private readonly fills = new Map<string, BlobFill>()
+  private readonly fills = new SingleFlight<string, BlobFill>()
 
   constructor(private readonly store: BlobStore, private readonly options: BlobServiceOptions) {}
 
-  /** Fills running now (for metrics and graceful shutdown). */
-  get inflight(): ReadonlyMap<string, BlobFill> {
-    return this.fills
+  /** Fills running now (for metrics and shutdown). */
+  get inflight(): number {
+    return this.fills.size
   }
 
-  async head(target: BlobTarget): Promise<BlobAnswer> {
+  async head(target: BlobTarget): Promise<BlobHeadAnswer> {
     const info = await this.store.stat(target.digest)
     if (info !== undefined) {
+      await this.inScope(target)
       this.options.onAccess?.(target.digest, info.size)
       return { cache: 'hit', size: info.size }
     }
     const fill = this.fills.get(target.digest)
     if (fill !== undefined) {
+      if (fill.registry !== target.client.origin) await this.inScope(target)
       await fill.ready
       if (fill.size !== undefined) return { cache: 'joined', size: fill.size }
     }
     // Never a false 404: a mirror in front of us, or containerd, decides on this answer.
-    const res = await target.client.request({ method: 'HEAD', path: `/v2/${target.repository}/blobs/${target.digest}`, repository: target.repository })
-    await res.body.dump()
-    if (res.status !== 200) {
-      throw errorForUpstreamStatus(target.client.name, res.status, res.headers, blobUnknown(target.digest))
-    }
-    const size = Number(res.headers['content-length'])
-    if (!Number.isSafeInteger(size) || size < 0) throw new RegistryError('UPSTREAM_ERROR', `upstream ${target.client.name} sent no blob size`)
-    return { cache: 'miss', size }
+    return { cache: 'miss', size: await upstreamSize(target) }
   }
 
-  async get(target: BlobTarget, rangeHeader: string | undefined, allowRedirect: boolean): Promise<BlobAnswer> {
-    const hit = await this.fromStore(target.digest, rangeHeader, allowRedirect)
-    if (hit !== undefined) return hit
-    let fill = this.fills.get(target.digest)
-    const joined = fill !== undefined
-    if (fill === undefined) fill = this.startFill(target)
+  async get(target: BlobTarget, options: BlobGetOptions = {}): Promise<BlobAnswer> {
+    const { range: rangeHeader } = options
+    const hit = await this.fromStore(target.digest, rangeHeader, options.allowRedirect ?? false)
+    if (hit !== undefined) {
+      try {
+        await this.inScope(target)
+      } catch (err) {
+        await closeAnswer(hit)
+        throw err
+      }
+      return hit
+    }
+    const running = this.fills.get(target.digest)
+    // Joining a fill through another registry: this one must hold the blob too.
+    if (running !== undefined && running.registry !== target.client.origin) await this.inScope(target)
+    if (running === undefined && rangeHeader !== undefined && parseRange(rangeHeader, Number.MAX_SAFE_INTEGER) !== undefined) {
+      // A range that cannot be satisfied must not cost a download: one HEAD gives the size.
+      parseRange(rangeHeader, await upstreamSize(target))
+    }
+    const { value: fill, joined } = this.fills.join(target.digest, () => this.startFill(target, options.slotClass ?? 'live'), (f) => f.done)
     await fill.ready
     const size = fill.size
     const range = size !== undefined ? parseRange(rangeHeader, size) : undefined
     const source = new FillReader(fill, range !== undefined ? range.end + 1 : undefined, !joined)
-    return { cache: joined ? 'joined' : 'miss', size: size ?? -1, source, ...(range !== undefined ? { range } : {}) }
+    return { kind: 'fill', cache: joined ? 'joined' : 'miss', size, range, source }
+  }
+
+  /** Resolves when every fill running now has ended (for shutdown). */
+  async drain(): Promise<void> {
+    await Promise.all([...this.fills.values()].map((f) => f.done))
+  }
+
+  /** Ends every running fill now: their readers are cut, nothing is stored. Returns the digests cut. */
+  abortAll(reason: string): string[] {
+    const cut = [...this.fills.values()]
+    for (const fill of cut) fill.abort(reason)
+    return cut.map((f) => f.digest)
+  }
+
+  /** Resolves when the target's registry is known to hold the blob (asking it with one HEAD when nobody knows). */
+  private inScope(target: BlobTarget): Promise<void> {
+    return this.options.scopes.ensure(target.client.origin, target.digest, () => confirmBlob(target), () => blobUnknown(target.digest))
   }
 
   private async fromStore(digest: string, rangeHeader: string | undefined, allowRedirect: boolean): Promise<BlobAnswer | undefined> {
@@ -95,7 +141,7 @@ export class BlobService {
     this.options.onAccess?.(digest, info.size)
     if (allowRedirect && this.store.redirectUrl !== undefined) {
       const url = await this.store.redirectUrl(digest)
-      if (url !== undefined) return { cache: 'hit', size: info.size, redirect: url }
+      if (url !== undefined) return { kind: 'redirect', cache: 'hit', size: info.size, url }
     }
     const unpin = this.options.pin?.(digest)
     let body: Readable
@@ -108,7 +154,7 @@ export class BlobService {
       throw err
     }
     if (unpin !== undefined) body.once('close', unpin)
-    return { cache: 'hit', size: info.size, body, ...(range !== undefined ? { range } : {}) }
+    return { kind: 'stream', cache: 'hit', size: info.size, range, body }
   }
 
   /** A locally stored blob as an open file: one open gives presence and size, no separate stat. */
@@ -141,42 +187,71 @@ export class BlobService {
     }
     this.options.onAccess?.(digest, size)
     const source = new FileSource(handle, range !== undefined ? range.end + 1 : size, close)
-    return { cache: 'hit', size, source, ...(range !== undefined ? { range } : {}) }
+    return { kind: 'file', cache: 'hit', size, range, source }
   }
 
-  private startFill(target: BlobTarget): BlobFill {
-    const hooks = this.options.hooks ?? {}
+  private startFill(target: BlobTarget, slotClass: SlotClass): BlobFill {
+    const { events = {}, fillSlots } = this.options
     const unpin = this.options.pin?.(target.digest)
-    const fill = new BlobFill(target.digest, this.store, { client: target.client, repository: target.repository }, {
-      fillTimeoutMs: this.options.fillTimeoutMs,
+    const fill = new BlobFill(target.digest, this.store, {
+      upstream: target.client.name,
+      registry: target.client.origin,
+      open: (signal) => downloadBlob(target.client, target.repository, target.digest, signal),
+    }, {
       spoolDir: this.options.spoolDir,
       log: this.options.log,
-      hooks: {
-        ...hooks,
+      acquireSlot: () => fillSlots.acquire(slotClass),
+      ...(this.options.maxFillMs !== undefined ? { maxDurationMs: this.options.maxFillMs } : {}),
+      events: {
+        ...events,
         // Joining a fill that no longer caches would only get a client cut: let the next request start its own.
         onPassThrough: (f) => {
-          if (this.fills.get(f.digest) === f) this.fills.delete(f.digest)
-          hooks.onPassThrough?.(f)
+          this.fills.end(f.digest, f)
+          events.onPassThrough?.(f)
         },
-        onEnd: (f, outcome, failure) => {
+        // Fetched through this registry: it holds the blob. Written before the fill ends, so a restart knows it.
+        onStored: (f) => this.options.scopes.record(f.registry, [f.digest]),
+        onEnd: (f, failure) => {
           // Only now may a new request start another fill: the store has the blob, or nothing.
-          if (this.fills.get(f.digest) === f) this.fills.delete(f.digest)
+          this.fills.end(f.digest, f)
           unpin?.()
-          if (outcome === 'published') this.options.onAccess?.(f.digest, f.written)
-          hooks.onEnd?.(f, outcome, failure)
+          if (f.stored) this.options.onAccess?.(f.digest, f.written)
+          events.onEnd?.(f, failure)
         },
       },
     })
-    this.fills.set(target.digest, fill)
     return fill
-  }
-
-  /** Resolves when every fill running now has ended (for shutdown). */
-  async drain(): Promise<void> {
-    await Promise.all([...this.fills.values()].map((f) => f.done))
   }
 }
 
-export function blobUnknown(digest: string): RegistryError {
+/** Releases what an answer holds, when it is not sent after all. */
+async function closeAnswer(answer: BlobAnswer): Promise<void> {
+  if (answer.kind === 'file' || answer.kind === 'fill') await answer.source.close()
+  else if (answer.kind === 'stream') answer.body.destroy()
+}
+
+/** One HEAD: does this registry hold the blob? Throws when it cannot say (down, failing, rate-limiting). */
+async function confirmBlob(target: BlobTarget): Promise<Confirmation> {
+  const res = await target.client.request({ method: 'HEAD', path: `/v2/${target.repository}/blobs/${target.digest}`, repository: target.repository })
+  await res.body.dump()
+  if (res.status === 200) return 'present'
+  if (res.status === 404) return 'absent'
+  if (res.status === 401 || res.status === 403) return 'denied'
+  throw errorForUpstreamStatus(target.client.name, res.status, res.headers, blobUnknown(target.digest))
+}
+
+/** The blob's size as the upstream tells it to a HEAD. */
+async function upstreamSize(target: BlobTarget): Promise<number> {
+  const res = await target.client.request({ method: 'HEAD', path: `/v2/${target.repository}/blobs/${target.digest}`, repository: target.repository })
+  await res.body.dump()
+  if (res.status !== 200) {
+    throw errorForUpstreamStatus(target.client.name, res.status, res.headers, blobUnknown(target.digest))
+  }
+  const size = Number(res.headers['content-length'])
+  if (!Number.isSafeInteger(size) || size < 0) throw new RegistryError('UPSTREAM_ERROR', `upstream ${target.client.name} sent no blob size`)
+  return size
+}
+
+function blobUnknown(digest: string): RegistryError {
   return new RegistryError('BLOB_UNKNOWN', 'blob unknown to registry', { detail: { digest } })
 }

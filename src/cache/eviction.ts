@@ -119,11 +119,6 @@ export class Evictor {
     return this.entries.size
   }
 
-  /** True once the first listing of the store is done (evicting before it would go by partial sizes). */
-  get ready(): boolean {
-    return this.scanned
-  }
-
   /** Starts the timers and learns what the store holds; resolves once the first listing is done. */
   async start(): Promise<void> {
     const flushMs = this.options.flushIntervalMs ?? DEFAULT_FLUSH_INTERVAL_MS

@@ -7,6 +7,8 @@ import type { UpstreamClient, UpstreamResponse } from '../upstream/client.js'
 import { errorForUpstreamStatus, isUpstreamOutage } from '../upstream/errors.js'
 import type { CacheResult } from './blobs.js'
 import type { ManifestStore, StoredManifest, TagRecord } from './manifest-store.js'
+import { SingleFlight } from '../lib/single-flight.js'
+import { referencedDigests, type Confirmation, type ContentScopes } from './scopes.js'
 
 export interface ManifestTarget {
   readonly client: UpstreamClient
@@ -34,6 +36,8 @@ export interface ManifestServiceOptions {
   readonly onResult?: (result: CacheResult | 'notfound') => void
   /** Whether manifest GETs to this upstream must wait (rate limit); HEADs are never paused. */
   readonly getsPaused?: (upstream: string) => boolean
+  /** Which registries hold which manifests: a cached one is served only through those. */
+  readonly scopes: ContentScopes
 }
 
 /** What a HEAD for a tag told us. */
@@ -52,8 +56,8 @@ interface Resolution {
  * the upstream is down or rate-limiting). Concurrent misses share one request.
  */
 export class ManifestService {
-  private readonly resolving = new Map<string, Promise<StoredManifest>>()
-  private readonly fetching = new Map<string, Promise<StoredManifest>>()
+  private readonly resolving = new SingleFlight<string, Promise<StoredManifest>>()
+  private readonly fetching = new SingleFlight<string, Promise<StoredManifest>>()
   private readonly notFound: LRUCache<string, true>
   private readonly now: () => number
 
@@ -70,24 +74,52 @@ export class ManifestService {
 
   private async byDigest(target: ManifestTarget, digest: string): Promise<ManifestAnswer> {
     const cached = await this.store.getManifest(digest)
-    if (cached !== undefined) return { manifest: cached, cache: 'hit' }
+    if (cached !== undefined) {
+      await this.inScope(target, digest)
+      return { manifest: cached, cache: 'hit' }
+    }
     const pending = this.fetching.get(digest)
-    if (pending !== undefined) return { manifest: await pending, cache: 'joined' }
+    if (pending !== undefined) {
+      const manifest = await pending
+      await this.inScope(target, digest)
+      return { manifest, cache: 'joined' }
+    }
     return { manifest: await this.fetchByDigest(target, digest), cache: 'miss' }
   }
 
+  /** Resolves once the target's registry is known to hold the manifest (one HEAD when nobody knows). */
+  private inScope(target: ManifestTarget, digest: string): Promise<void> {
+    const notFound = (): RegistryError => manifestUnknown({ ...target, reference: digest })
+    return this.options.scopes.ensure(target.client.origin, digest, async (): Promise<Confirmation> => {
+      const res = await target.client.request({
+        method: 'HEAD',
+        path: `/v2/${target.repository}/manifests/${digest}`,
+        repository: target.repository,
+        headers: { accept: MANIFEST_ACCEPT },
+      })
+      await res.body.dump()
+      if (res.status === 200) return 'present'
+      if (res.status === 404) return 'absent'
+      if (res.status === 401 || res.status === 403) return 'denied'
+      throw errorForUpstreamStatus(target.client.name, res.status, res.headers, notFound())
+    }, notFound)
+  }
+
+  /** This registry holds the manifest (recorded before answering), and so everything it refers to (in the background). */
+  private async recordHeld(target: ManifestTarget, manifest: StoredManifest): Promise<void> {
+    const registry = target.client.origin
+    void this.options.scopes.record(registry, referencedDigests(manifest.bytes))
+    await this.options.scopes.record(registry, [manifest.digest])
+  }
+
   private fetchByDigest(target: ManifestTarget, digest: string): Promise<StoredManifest> {
-    let pending = this.fetching.get(digest)
-    if (pending === undefined) {
-      pending = (async () => {
-        const res = await this.request(target, 'GET', digest)
-        const manifest = await readManifest(target.client.name, res, digest)
-        await this.store.putManifest(manifest)
-        return manifest
-      })().finally(() => this.fetching.delete(digest))
-      this.fetching.set(digest, pending)
-    }
-    return pending
+    return this.fetching.run(digest, async () => {
+      const res = await this.request(target, 'GET', digest)
+      const manifest = await readManifest(target.client.name, res, digest)
+      await this.store.putManifest(manifest)
+      await this.recordHeld(target, manifest)
+      return manifest
+    }).value
   }
 
   private async byTag(target: ManifestTarget): Promise<ManifestAnswer> {
@@ -101,16 +133,18 @@ export class ManifestService {
       if (age < tagTtlMs) return { manifest: cached, cache: 'hit' }
       if (age < maxStaleMs) {
         // Stale-while-revalidate: answer now, refresh once in the background.
-        if (!this.resolving.has(key)) {
+        if (this.resolving.get(key) === undefined) {
           this.resolveTag(target, key, record).catch((err: unknown) => {
-            this.options.log.warn({ upstream, repository: target.repository, tag: target.reference, err }, 'background tag revalidation failed')
+            // A rate limit is expected to stop revalidation: the stale answer stands, quietly.
+            const level = err instanceof RegistryError && err.code === 'TOOMANYREQUESTS' ? 'debug' : 'warn'
+            this.options.log[level]({ upstream, repository: target.repository, tag: target.reference, err }, 'background tag revalidation failed')
           })
         }
         return { manifest: cached, cache: 'stale' }
       }
     }
     if (record === undefined && this.notFound.has(key)) throw manifestUnknown(target)
-    const joined = this.resolving.has(key)
+    const joined = this.resolving.get(key) !== undefined
     try {
       const manifest = await this.resolveTag(target, key, record)
       const cache: CacheResult = joined ? 'joined' : record?.digest === manifest.digest && cached !== undefined ? 'revalidated' : 'miss'
@@ -130,9 +164,7 @@ export class ManifestService {
    * never points at a manifest we do not have.
    */
   private resolveTag(target: ManifestTarget, key: string, previous: TagRecord | undefined): Promise<StoredManifest> {
-    let pending = this.resolving.get(key)
-    if (pending !== undefined) return pending
-    pending = (async (): Promise<StoredManifest> => {
+    return this.resolving.run(key, async (): Promise<StoredManifest> => {
       const upstream = target.client.name
       let resolution: Resolution
       try {
@@ -146,6 +178,8 @@ export class ManifestService {
       }
       this.notFound.delete(key)
       const manifest = resolution.manifest ?? (await this.store.getManifest(resolution.digest)) ?? (await this.fetchByDigest(target, resolution.digest))
+      // The tag points there on this registry: it holds that manifest.
+      await this.recordHeld(target, manifest)
       await this.store.putTag(upstream, target.repository, target.reference, {
         digest: manifest.digest,
         mediaType: manifest.mediaType,
@@ -153,9 +187,7 @@ export class ManifestService {
         fetchedAt: this.now(),
       })
       return manifest
-    })().finally(() => this.resolving.delete(key))
-    this.resolving.set(key, pending)
-    return pending
+    }).value
   }
 
   private async headTag(target: ManifestTarget): Promise<Resolution> {

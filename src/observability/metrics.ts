@@ -39,6 +39,13 @@ export class Metrics {
     registers: [this.registry],
   })
 
+  readonly upstreamRetries = new Counter({
+    name: 'stevedore_upstream_retries_total',
+    help: 'Upstream requests retried after a transient failure (a blob resumed from the byte reached), by upstream and reason.',
+    labelNames: ['upstream', 'reason'] as const,
+    registers: [this.registry],
+  })
+
   readonly upstreamLatency = new Histogram({
     name: 'stevedore_upstream_request_duration_seconds',
     help: 'Time to upstream response headers, by upstream and status.',

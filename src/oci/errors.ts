@@ -46,4 +46,3 @@ export class RegistryError extends Error {
   }
 }
 
-export const isRegistryError = (err: unknown): err is RegistryError => err instanceof RegistryError

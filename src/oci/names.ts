@@ -25,6 +25,15 @@ export function requireTag(tag: string): string {
   return tag
 }
 
+// Docker's reference grammar for a registry: DNS labels or a bracketed IPv6 address, and an optional port.
+const LABEL = '(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])'
+const REGISTRY_HOST = new RegExp(`^(?:${LABEL}(?:\\.${LABEL})*|\\[[a-fA-F0-9:]+\\])(?::[0-9]{1,5})?$`)
+
+/** True for `host[:port]` as image references spell a registry: `docker.io`, `reg:5000`, `[::1]:5000`. */
+export function isValidRegistryHost(host: string): boolean {
+  return host.length <= MAX_NAME && REGISTRY_HOST.test(host)
+}
+
 /**
  * True when a path component names a registry host, by Docker's own rule: it
  * contains '.' or ':', or is 'localhost'.

@@ -17,7 +17,7 @@ export function registerOpsRoutes(app: FastifyInstance, mirror: Mirror): void {
 
   app.get('/metrics', async (request, reply) => {
     request.stevedore.kind = 'ops'
-    mirror.metrics.fillsInProgress.set(mirror.blobs.inflight.size)
+    mirror.metrics.fillsInProgress.set(mirror.blobs.inflight)
     return reply.type(mirror.metrics.registry.contentType).send(await mirror.metrics.registry.metrics())
   })
 }

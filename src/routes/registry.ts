@@ -1,40 +1,38 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { OutgoingHttpHeaders } from 'node:http'
-import type { Readable } from 'node:stream'
-import { isDigestReference, requireDigest } from '../oci/digest.js'
+import { isDigestReference } from '../oci/digest.js'
 import { RegistryError } from '../oci/errors.js'
-import { requireTag } from '../oci/names.js'
 import type { BlobSource } from '../cache/blob-source.js'
 import type { Mirror } from '../mirror.js'
 import type { UpstreamClient } from '../upstream/client.js'
 import { errorForUpstreamStatus } from '../upstream/errors.js'
 import type { Route } from '../upstream/router.js'
+import { parseQuery } from './query.js'
 import { recordResponse } from './record.js'
-import { writeBlob } from './send-blob.js'
+import { WriteTimeoutError, writeBlob } from './send-blob.js'
 import { parseV2Path } from './v2-path.js'
 
-const READ_METHODS = new Set(['GET', 'HEAD'])
-
-/** The read-only OCI distribution API under /v2/. */
+/**
+ * The read-only OCI distribution API under /v2/ (write methods are refused
+ * before routing, by checkRequest). All of a request's input is checked
+ * before anything is asked of the store or an upstream: path, query, name.
+ */
 export function registerRegistryRoutes(app: FastifyInstance, mirror: Mirror): void {
   const handler = async (request: FastifyRequest, reply: FastifyReply): Promise<unknown> => {
     const path = (request.raw.url ?? '/').split('?', 1)[0] as string
     const target = parseV2Path(path)
     const ctx = request.stevedore
     ctx.kind = target.kind
-    if (!READ_METHODS.has(request.method)) {
-      throw new RegistryError('UNSUPPORTED', 'this registry mirror is read-only', { detail: { method: request.method } })
-    }
+    const query = parseQuery(request.query, target.kind)
     if (target.kind === 'base') return reply.type('application/json').send('{}')
-    // Answer at once: containerd moves on to the next host on a 503.
-    if (!mirror.storeReady) throw new RegistryError('UNAVAILABLE', 'cache storage is not reachable yet')
     if (target.kind === 'upload') throw new RegistryError('UNSUPPORTED', 'this registry mirror is read-only')
 
-    const query = request.query as Record<string, string | undefined>
-    const route = mirror.router.route(target.name, query['ns'])
-    const client = mirror.clients.get(route.upstream.name) as UpstreamClient
+    const route = mirror.router.route(target.name, query.ns)
     ctx.upstream = route.upstream.name
     ctx.repository = route.repository
+    // Answer at once: containerd moves on to the next host on a 503.
+    if (!mirror.storeReady) throw new RegistryError('UNAVAILABLE', 'cache storage is not reachable yet')
+    const client = mirror.clients.get(route.upstream.name) as UpstreamClient
     reply.header('oci-namespace', route.upstream.name)
 
     switch (target.kind) {
@@ -43,11 +41,11 @@ export function registerRegistryRoutes(app: FastifyInstance, mirror: Mirror): vo
       case 'blob':
         return serveBlob(mirror, request, reply, client, route, target.digest)
       case 'tags':
-        return passThrough(request, reply, client, route, `/v2/${route.repository}/tags/list`, ['n', 'last'], new RegistryError('NAME_UNKNOWN', 'repository unknown', { detail: { name: route.clientName } }))
+        return passThrough(request, reply, client, route, `/v2/${route.repository}/tags/list`, { n: query.n, last: query.last }, query.ns, new RegistryError('NAME_UNKNOWN', 'repository unknown', { detail: { name: route.clientName } }))
       case 'referrers': {
-        const digest = requireDigest(target.digest).value
+        const { digest } = target
         ctx.digest = digest
-        return passThrough(request, reply, client, route, `/v2/${route.repository}/referrers/${digest}`, ['artifactType'], new RegistryError('MANIFEST_UNKNOWN', 'no referrers', { detail: { digest } }))
+        return passThrough(request, reply, client, route, `/v2/${route.repository}/referrers/${digest}`, { artifactType: query.artifactType }, query.ns, new RegistryError('MANIFEST_UNKNOWN', 'no referrers', { detail: { digest } }))
       }
     }
   }
@@ -57,8 +55,8 @@ export function registerRegistryRoutes(app: FastifyInstance, mirror: Mirror): vo
 
 async function serveManifest(mirror: Mirror, request: FastifyRequest, reply: FastifyReply, client: UpstreamClient, route: Route, reference: string): Promise<unknown> {
   const ctx = request.stevedore
-  if (isDigestReference(reference)) ctx.digest = requireDigest(reference).value
-  else ctx.tag = requireTag(reference)
+  if (isDigestReference(reference)) ctx.digest = reference
+  else ctx.tag = reference
   const answer = await mirror.manifests.get({ client, repository: route.repository, reference: ctx.digest ?? reference })
   const { manifest } = answer
   ctx.cache = answer.cache
@@ -73,9 +71,8 @@ async function serveManifest(mirror: Mirror, request: FastifyRequest, reply: Fas
   return request.method === 'HEAD' ? reply.send() : reply.send(manifest.bytes)
 }
 
-async function serveBlob(mirror: Mirror, request: FastifyRequest, reply: FastifyReply, client: UpstreamClient, route: Route, digestText: string): Promise<unknown> {
+async function serveBlob(mirror: Mirror, request: FastifyRequest, reply: FastifyReply, client: UpstreamClient, route: Route, digest: string): Promise<unknown> {
   const ctx = request.stevedore
-  const digest = requireDigest(digestText).value
   ctx.digest = digest
   const target = { client, repository: route.repository, digest }
   reply.header('docker-content-digest', digest).header('accept-ranges', 'bytes')
@@ -86,28 +83,32 @@ async function serveBlob(mirror: Mirror, request: FastifyRequest, reply: Fastify
     mirror.metrics.cacheResults.inc({ kind: 'blob', result: answer.cache })
     return reply.type('application/octet-stream').header('content-length', answer.size).send()
   }
-  const rangeHeader = request.headers.range
-  const answer = await mirror.blobs.get(target, rangeHeader, true)
+  // A response holds a socket, a file and buffers until the client has it all: they are bounded.
+  const gone = new AbortController()
+  reply.raw.once('close', () => gone.abort(new Error('client went away')))
+  const release = await mirror.responseSlots.acquire('live', gone.signal)
+  reply.raw.once('close', release)
+  const answer = await mirror.blobs.get(target, { ...(request.headers.range !== undefined ? { range: request.headers.range } : {}), allowRedirect: true })
   ctx.cache = answer.cache
   mirror.metrics.cacheResults.inc({ kind: 'blob', result: answer.cache })
-  if (answer.redirect !== undefined) {
+  if (answer.kind === 'redirect') {
     ctx.bytes = 0
-    return reply.code(307).header('location', answer.redirect).send()
+    return reply.code(307).header('location', answer.url).send()
   }
   reply.type('application/octet-stream')
   if (answer.range !== undefined) {
     const { start, end } = answer.range
-    reply.code(206).header('content-range', `bytes ${start}-${end}/${answer.size}`).header('content-length', end - start + 1)
+    reply.code(206).header('content-range', `bytes ${start}-${end}/${answer.size ?? '*'}`).header('content-length', end - start + 1)
     ctx.bytes = end - start + 1
-  } else if (answer.size >= 0) {
+  } else if (answer.size !== undefined) {
     reply.header('content-length', answer.size)
     ctx.bytes = answer.size
   }
   observeFirstByte(mirror, request, reply)
-  if (answer.source !== undefined) return sendSource(mirror, request, reply, answer.source, answer.range?.start ?? 0)
-  const body = answer.body as Readable
+  if (answer.kind !== 'stream') return sendSource(mirror, request, reply, answer.source, answer.range?.start ?? 0)
+  const body = answer.body
   // A client that goes away must release the store's stream.
-  request.raw.once('close', () => {
+  reply.raw.once('close', () => {
     if (!body.destroyed && !reply.raw.writableFinished) body.destroy()
   })
   return reply.send(body)
@@ -115,7 +116,7 @@ async function serveBlob(mirror: Mirror, request: FastifyRequest, reply: Fastify
 
 /**
  * A blob from a local file or a fill in progress, written to the socket by
- * writeBlob (recycled buffers, shared fill chunks): the hot path of a
+ * writeBlob (pooled buffers, shared fill chunks): the hot path of a
  * mirror. fastify steps aside, so the response is recorded here.
  */
 async function sendSource(mirror: Mirror, request: FastifyRequest, reply: FastifyReply, source: BlobSource, start: number): Promise<void> {
@@ -124,7 +125,7 @@ async function sendSource(mirror: Mirror, request: FastifyRequest, reply: Fastif
   const transfer = (async (): Promise<void> => {
     try {
       res.writeHead(reply.statusCode, reply.getHeaders() as OutgoingHttpHeaders)
-      await writeBlob(source, start, res)
+      await writeBlob(source, start, res, mirror.send)
       // 'finish' never comes for a client that left after the last byte: 'close' does.
       await new Promise<void>((resolve) => {
         res.once('finish', resolve)
@@ -133,7 +134,8 @@ async function sendSource(mirror: Mirror, request: FastifyRequest, reply: Fastif
       })
     } catch (err) {
       // Headers are out: an incomplete body must end in a cut connection, never a clean end.
-      request.log.debug({ err }, 'blob stream ended early')
+      if (err instanceof WriteTimeoutError) request.log.info({ err }, 'client stopped reading: dropped')
+      else request.log.debug({ err }, 'blob stream ended early')
       res.destroy()
     } finally {
       await source.close()
@@ -158,14 +160,12 @@ function observeFirstByte(mirror: Mirror, request: FastifyRequest, reply: Fastif
   } as typeof write
 }
 
-/** Tags and referrers: asked of the upstream every time, answered as it answers. */
-async function passThrough(request: FastifyRequest, reply: FastifyReply, client: UpstreamClient, route: Route, upstreamPath: string, params: readonly string[], notFound: RegistryError): Promise<unknown> {
+/** Tags and referrers: asked of the upstream every time (with the checked `params` only), answered as it answers. */
+async function passThrough(request: FastifyRequest, reply: FastifyReply, client: UpstreamClient, route: Route, upstreamPath: string, params: Record<string, string | number | undefined>, ns: string | undefined, notFound: RegistryError): Promise<unknown> {
   if (request.method === 'HEAD') throw new RegistryError('UNSUPPORTED', 'use GET')
-  const query = request.query as Record<string, string | undefined>
   const search = new URLSearchParams()
-  for (const p of params) {
-    const v = query[p]
-    if (v !== undefined) search.set(p, v)
+  for (const [name, value] of Object.entries(params)) {
+    if (value !== undefined) search.set(name, String(value))
   }
   const qs = search.toString()
   const res = await client.request({ method: 'GET', path: qs === '' ? upstreamPath : `${upstreamPath}?${qs}`, repository: route.repository, headers: { accept: 'application/json' } })
@@ -178,7 +178,7 @@ async function passThrough(request: FastifyRequest, reply: FastifyReply, client:
   const length = res.headers['content-length']
   if (typeof length === 'string') reply.header('content-length', length)
   const link = res.headers['link']
-  if (typeof link === 'string') reply.header('link', rewriteLink(link, route, query['ns']))
+  if (typeof link === 'string') reply.header('link', rewriteLink(link, route, ns))
   request.raw.once('close', () => {
     if (!res.body.destroyed && !reply.raw.writableFinished) res.body.destroy()
   })

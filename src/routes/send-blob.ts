@@ -1,29 +1,75 @@
 import type { ServerResponse } from 'node:http'
 import type { BlobSource } from '../cache/blob-source.js'
+import { BufferPool } from '../io/buffer-pool.js'
 
-// Measured: a fresh 1 MiB buffer per read costs a cached-blob stream about a
-// third of its CPU in allocation and GC; recycled buffers cost nothing.
-const CHUNK = 1024 * 1024
-// Free buffers kept for the next responses; beyond this they go to the GC.
-const MAX_FREE = 64
-const free: Buffer[] = []
+// A reader that keeps up is sent 1 MiB per read and write: measured, about
+// twice as fast as 64 KiB. A reader that does not keep up holds at most two
+// small buffers, so thousands of slow clients cost little memory.
+const BIG = 1024 * 1024
+const SMALL = 64 * 1024
+// The kernel takes a few MB of a new connection at once, whoever reads it
+// (measured here: about 4 MB for curl --limit-rate 2k). Only a response that
+// has moved more than that without stalling, fast enough to drain a 1 MiB
+// write within STALL_MS, has proven it keeps up.
+const PROMOTE_AFTER = 8 * 1024 * 1024
+// A write still pending after this long means the client is not keeping up.
+const STALL_MS = 100
+const PROMOTE_RATE = BIG / STALL_MS // bytes per ms
 
-const take = (): Buffer => free.pop() ?? Buffer.allocUnsafeSlow(CHUNK)
-const give = (buffer: Buffer): void => {
-  if (free.length < MAX_FREE) free.push(buffer)
+/** The buffers every response shares: big ones bounded by limits.sendBuffers, small ones kept a few at a time. */
+export class SendBuffers {
+  readonly big: BufferPool
+  readonly small: BufferPool
+
+  constructor(bigBytes: number) {
+    this.big = new BufferPool(BIG, bigBytes)
+    // Small buffers are bounded by the response cap; only a few are kept free.
+    this.small = new BufferPool(SMALL, Number.MAX_SAFE_INTEGER)
+  }
+}
+
+export interface SendOptions {
+  readonly buffers: SendBuffers
+  /** A write the client accepts nothing of for this long drops the client. */
+  readonly writeTimeoutMs: number
+}
+
+/** The client stopped reading: its response is dropped (the caller cuts the connection). */
+export class WriteTimeoutError extends Error {
+  override name = 'WriteTimeoutError'
+  readonly code = 'CLIENT_WRITE_TIMEOUT'
+}
+
+interface Chunk {
+  readonly parts: readonly Buffer[]
+  readonly size: number
+  /** The pool its buffer came from, when it came from one. */
+  readonly pool?: BufferPool
+  readonly buffer?: Buffer
+}
+
+interface Write {
+  readonly chunk: Chunk
+  readonly done: Promise<void>
+  finished: boolean
 }
 
 /**
- * Writes a blob's bytes from `start` on to res as the source has them:
- * chunks the source holds in memory go out as they are, the rest is read
- * into two recycled 1 MiB buffers, the next read running while the last
- * write drains. At most one write is in flight (backpressure), and nothing
- * is allocated per full-size chunk. Rejects when the client goes away or the source
- * fails or runs short; never ends res.
+ * Writes a blob's bytes from `start` on to res as the source has them.
+ * Chunks the source holds in memory go out as they are; the rest is read
+ * into pooled buffers, the next read running while the last write drains,
+ * one write in flight (backpressure). A response starts with small buffers
+ * and moves to 1 MiB ones once it has shown it keeps up; when a write stalls
+ * it drops its read-ahead back to the pool and goes back to small ones.
+ * Rejects when the client goes away, stops reading past writeTimeoutMs, or
+ * the source fails or runs short; never ends res.
  */
-export async function writeBlob(source: BlobSource, start: number, res: ServerResponse): Promise<void> {
-  // Taken on the first full-size read: a small blob never holds 1 MiB.
-  const buffers: Array<Buffer | undefined> = [undefined, undefined]
+export async function writeBlob(source: BlobSource, start: number, res: ServerResponse, options: SendOptions): Promise<void> {
+  const { buffers, writeTimeoutMs } = options
+  let big = false
+  // Bytes written since the last stall, and since when: the client's rate.
+  let unstalled = 0
+  let unstalledSince = Date.now()
   let closedError: Error | undefined
   let onClose: (() => void) | undefined
   const closed = new Promise<void>((resolve) => {
@@ -38,63 +84,133 @@ export async function writeBlob(source: BlobSource, start: number, res: ServerRe
     if (closedError !== undefined) throw closedError
     return value as T
   }
-  let inflight: Promise<void> = Promise.resolve()
-  let clean = false
+  let inflight: Write | undefined
+  let ahead: Chunk | undefined
+
+  /** Waits up to ms for the write in flight; true when it finished. */
+  const settle = async (write: Write, ms: number): Promise<boolean> => {
+    if (!write.finished) {
+      let timer: NodeJS.Timeout | undefined
+      const timeout = new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, ms)
+      })
+      try {
+        await whileOpen(Promise.race([write.done, timeout]))
+      } finally {
+        clearTimeout(timer)
+      }
+    }
+    return write.finished
+  }
+
   try {
-    let turn = 0
     for (let pos = start; ;) {
       const next = source.readable(pos)
       // A fill in progress may keep a reader waiting: a client that leaves meanwhile ends it.
       const limit = next instanceof Promise ? await whileOpen(next) : next
       if (limit === undefined) break
-      const max = Math.min(CHUNK, limit - pos)
-      // What a fill holds in memory goes out as its own chunks, up to 1 MiB in one write.
-      const parts: Buffer[] = []
-      let size = 0
-      for (let part = source.inMemory(pos, max); part !== undefined && part.byteLength > 0; part = size < max ? source.inMemory(pos + size, max - size) : undefined) {
-        parts.push(part)
-        size += part.byteLength
-      }
-      if (size === 0) {
-        let buffer: Buffer
-        if (max === CHUNK || buffers[0] !== undefined || buffers[1] !== undefined) {
-          // The recycled buffer written before the last one: its write is done (one in flight at most).
-          buffer = buffers[turn] ??= take()
-          turn ^= 1
-        } else {
-          // A blob that never needed a full-size read (a small one) gets a buffer of its own size.
-          buffer = Buffer.allocUnsafe(max)
+      ahead = await readChunk(source, pos, limit - pos, big ? buffers.big : buffers.small, buffers.small)
+      if (inflight !== undefined) {
+        if (!(await settle(inflight, STALL_MS))) {
+          unstalled = 0
+          big = false
+          if (ahead.pool === buffers.big) {
+            // Not keeping up: no 1 MiB read-ahead while it drains; this part is read again, small.
+            release(ahead)
+            ahead = undefined
+          }
+          if (!(await settle(inflight, writeTimeoutMs))) {
+            throw new WriteTimeoutError(`the client accepted no bytes for ${writeTimeoutMs} ms`)
+          }
         }
-        const n = await source.read(buffer, max, pos)
-        if (n <= 0) throw new Error('blob data is shorter than its size')
-        parts.splice(0, parts.length, n === buffer.byteLength ? buffer : buffer.subarray(0, n))
-        size = n
+        await whileOpen(inflight.done)
+        if (unstalled === 0) unstalledSince = Date.now()
+        unstalled += inflight.chunk.size
+        release(inflight.chunk)
+        inflight = undefined
+        if (!big && unstalled >= PROMOTE_AFTER && unstalled >= PROMOTE_RATE * (Date.now() - unstalledSince)) big = true
+        if (ahead === undefined) continue
       }
-      pos += size
-      await whileOpen(inflight)
-      inflight = writeAll(res, parts)
-      // It may fail while the next read is under way: handled, so it is no unhandled rejection.
-      inflight.catch(() => undefined)
+      inflight = startWrite(res, ahead)
+      ahead = undefined
+      pos += inflight.chunk.size
     }
-    await whileOpen(inflight)
-    clean = true
+    if (inflight !== undefined) {
+      if (!(await settle(inflight, writeTimeoutMs))) throw new WriteTimeoutError(`the client accepted no bytes for ${writeTimeoutMs} ms`)
+      await whileOpen(inflight.done)
+      release(inflight.chunk)
+      inflight = undefined
+    }
   } finally {
     if (onClose !== undefined) res.removeListener('close', onClose)
-    // A write that failed half-way may still hold its buffer: only clean runs recycle.
-    if (clean) for (const buffer of buffers) if (buffer !== undefined) give(buffer)
+    if (ahead !== undefined) release(ahead)
+    // A write that failed or is still pending may hold its buffer: the GC takes it, not the pool.
+    if (inflight !== undefined) forget(inflight.chunk)
   }
 }
 
-/** Writes the parts as one socket write (corked: a writev), resolving when all are flushed. */
-function writeAll(res: ServerResponse, parts: readonly Buffer[]): Promise<void> {
-  return new Promise<void>((resolve, reject) => {
-    const done = (err?: Error | null): void => (err ? reject(err) : resolve())
-    if (parts.length === 1) {
-      res.write(parts[0] as Buffer, done)
-      return
-    }
-    res.cork()
-    parts.forEach((part, i) => (i === parts.length - 1 ? res.write(part, done) : res.write(part)))
-    res.uncork()
-  })
+/** The next bytes at pos, at most max: the source's own memory, else a read into a pooled buffer. */
+async function readChunk(source: BlobSource, pos: number, max: number, preferred: BufferPool, fallback: BufferPool): Promise<Chunk> {
+  const want = Math.min(max, preferred.size)
+  const parts: Buffer[] = []
+  let size = 0
+  for (let part = source.inMemory(pos, want); part !== undefined && part.byteLength > 0; part = size < want ? source.inMemory(pos + size, want - size) : undefined) {
+    parts.push(part)
+    size += part.byteLength
+  }
+  if (size > 0) return { parts, size }
+  // The big pool is bounded: when it is lent out, a small read will do.
+  let pool = preferred
+  let buffer = preferred.take()
+  if (buffer === undefined) {
+    pool = fallback
+    buffer = fallback.take() as Buffer
+  }
+  const length = Math.min(max, buffer.byteLength)
+  let n: number
+  try {
+    n = await source.read(buffer, length, pos)
+  } catch (err) {
+    pool.give(buffer)
+    throw err
+  }
+  if (n <= 0) {
+    pool.give(buffer)
+    throw new Error('blob data is shorter than its size')
+  }
+  return { parts: [n === buffer.byteLength ? buffer : buffer.subarray(0, n)], size: n, pool, buffer }
+}
+
+function release(chunk: Chunk): void {
+  if (chunk.pool !== undefined && chunk.buffer !== undefined) chunk.pool.give(chunk.buffer)
+}
+
+function forget(chunk: Chunk): void {
+  chunk.pool?.drop()
+}
+
+/** Writes the chunk's parts as one socket write (corked: a writev). */
+function startWrite(res: ServerResponse, chunk: Chunk): Write {
+  const write: Write = {
+    chunk,
+    finished: false,
+    done: new Promise<void>((resolve, reject) => {
+      const done = (err?: Error | null): void => {
+        write.finished = true
+        if (err) reject(err)
+        else resolve()
+      }
+      const { parts } = chunk
+      if (parts.length === 1) {
+        res.write(parts[0] as Buffer, done)
+        return
+      }
+      res.cork()
+      parts.forEach((part, i) => (i === parts.length - 1 ? res.write(part, done) : res.write(part)))
+      res.uncork()
+    }),
+  }
+  // It may fail while the next read is under way: handled, so it is no unhandled rejection.
+  write.done.catch(() => undefined)
+  return write
 }

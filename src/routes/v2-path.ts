@@ -1,4 +1,6 @@
+import { isDigestReference, requireDigest } from '../oci/digest.js'
 import { RegistryError } from '../oci/errors.js'
+import { requireTag } from '../oci/names.js'
 
 /** A request path under /v2/, taken apart. */
 export type V2Path =
@@ -13,7 +15,12 @@ const ITEM = /^\/v2\/(.+)\/(manifests|blobs|referrers)\/([^/]+)$/
 const TAGS = /^\/v2\/(.+)\/tags\/list$/
 const UPLOADS = /^\/v2\/(.+)\/blobs\/uploads(?:\/.*)?$/
 
-/** Parses the path part of a /v2 URL. Unknown shapes are 404 NAME_UNKNOWN-free "not found". */
+/**
+ * Parses the path part of a /v2 URL. Unknown shapes are 404 NAME_UNKNOWN; a
+ * reference must be a tag or a digest we can verify, a blob or referrers
+ * subject a digest (400 TAG_INVALID or DIGEST_INVALID). The name is checked
+ * by the router, once it knows which part of it names a registry.
+ */
 export function parseV2Path(path: string): V2Path {
   if (path === '/v2/' || path === '/v2') return { kind: 'base' }
   const upload = UPLOADS.exec(path)
@@ -31,10 +38,10 @@ export function parseV2Path(path: string): V2Path {
   }
   switch (m[2]) {
     case 'manifests':
-      return { kind: 'manifest', name, reference: last }
+      return { kind: 'manifest', name, reference: isDigestReference(last) ? requireDigest(last).value : requireTag(last) }
     case 'blobs':
-      return { kind: 'blob', name, digest: last }
+      return { kind: 'blob', name, digest: requireDigest(last).value }
     default:
-      return { kind: 'referrers', name, digest: last }
+      return { kind: 'referrers', name, digest: requireDigest(last).value }
   }
 }

@@ -65,7 +65,7 @@ export interface S3BlobStoreOptions {
   readonly log: Logger
   /** Bytes per multipart part; default DEFAULT_PART_SIZE. */
   readonly partSize?: number
-  /** Multipart uploads and staged objects older than this are crash leftovers, removed by init (the fill timeout). */
+  /** Multipart uploads and staged objects older than this are crash leftovers, removed by init (storage.s3.staleUploadAge). */
   readonly staleUploadMs?: number
   /** How long writable() waits for its probe. */
   readonly probeTimeoutMs?: number

@@ -67,7 +67,8 @@ export function parseChallenges(header: string | readonly string[] | undefined):
       if (s[pos] === '"') readQuoted()
       else readToken()
     } else {
-      out.push({ scheme: word.toLowerCase(), params: {} })
+      // No prototype: a parameter named `__proto__` or `constructor` is data like any other.
+      out.push({ scheme: word.toLowerCase(), params: Object.create(null) as Record<string, string> })
       // token68 form (`Basic abc==`) carries no params we use; skip it.
     }
   }

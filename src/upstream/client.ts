@@ -1,11 +1,15 @@
-import { EnvHttpProxyAgent, type Dispatcher } from 'undici'
+import { Readable } from 'node:stream'
+import { EnvHttpProxyAgent, errors as undiciErrors, interceptors, type Dispatcher } from 'undici'
 import type { UpstreamConfig } from '../config/schema.js'
 import { RegistryError } from '../oci/errors.js'
 import { parseChallenges, type Challenge } from './challenge.js'
 import { UpstreamUnreachableError } from './errors.js'
+import { RedirectRules } from './redirects.js'
+import { BLOB_RETRIES, METADATA_RETRIES, maxRetries, retryCallback, worstCaseDelayMs, type OnRetry, type RetryPolicy } from './retry.js'
 import { TokenCache } from './tokens.js'
 
-export type UpstreamBody = Dispatcher.ResponseData['body']
+/** A response body: a stream that can also be drained at once. */
+export type UpstreamBody = Readable & { dump(): Promise<void> }
 
 export interface UpstreamResponse {
   readonly status: number
@@ -22,6 +26,8 @@ export interface UpstreamRequest {
   readonly repository: string
   readonly headers?: Record<string, string>
   readonly signal?: AbortSignal
+  /** A blob body: cut or stalled transfers resume from the byte reached (else: manifests, tags, tokens, quick retries). */
+  readonly resume?: boolean
 }
 
 export interface UpstreamClientOptions {
@@ -34,9 +40,15 @@ export interface UpstreamClientOptions {
   readonly onResponse?: (info: { method: string; status: number; headers: Record<string, string | string[] | undefined>; seconds: number }) => void
   /** Called when an upstream request fails without an answer. */
   readonly onError?: (reason: string) => void
+  /** Called before each retry of a transient failure. */
+  readonly onRetry?: OnRetry
+  /** The error to answer with instead of asking, while the upstream refuses (a 429's Retry-After). */
+  readonly refusal?: () => RegistryError | undefined
 }
 
 const MAX_REDIRECTS = 5
+// Answers undici's retry handler may retry at all; the policy decides which it does (never 429).
+const RETRY_STATUSES = [500, 502, 503, 504]
 
 /** No response headers from an upstream within connect + read timeouts. */
 class HeadersDeadlineError extends Error {
@@ -56,7 +68,10 @@ type AuthMode = { scheme: 'none' } | { scheme: 'basic' } | { scheme: 'bearer'; r
 export class UpstreamClient {
   readonly name: string
   readonly origin: string
-  private readonly dispatcher: Dispatcher
+  private readonly agent: Dispatcher
+  private readonly metadata: Dispatcher
+  private readonly blobs: Dispatcher
+  private readonly redirects: RedirectRules
   private readonly tokens = new TokenCache()
   private auth: AuthMode = { scheme: 'none' }
 
@@ -69,17 +84,29 @@ export class UpstreamClient {
       ...(config.ca !== undefined ? { ca: config.ca } : {}),
     }
     // EnvHttpProxyAgent honours HTTPS_PROXY/HTTP_PROXY/NO_PROXY and is a plain agent without them.
-    this.dispatcher = new EnvHttpProxyAgent({
+    this.agent = new EnvHttpProxyAgent({
       connect,
       connections: options.connections ?? 64,
       headersTimeout: options.readTimeoutMs,
       bodyTimeout: options.readTimeoutMs,
       keepAliveTimeout: 30_000,
     })
+    // One pool, two retry behaviours: undici's RetryHandler resumes a cut body with a Range request.
+    const withRetries = (policy: RetryPolicy): Dispatcher =>
+      this.agent.compose(interceptors.retry({ retry: retryCallback(policy, options.onRetry), statusCodes: RETRY_STATUSES, maxRetries: maxRetries(policy) }))
+    this.metadata = withRetries(METADATA_RETRIES)
+    this.blobs = withRetries(BLOB_RETRIES)
+    this.redirects = new RedirectRules(config.url.hostname.toLowerCase().replace(/^\[|\]$/g, ''), config.redirectHosts)
   }
 
+  /** Closes the pool once running requests end. */
   async close(): Promise<void> {
-    await this.dispatcher.close()
+    await this.agent.close()
+  }
+
+  /** Destroys every connection now; running requests fail. */
+  destroy(): void {
+    this.agent.destroy().catch(() => undefined)
   }
 
   /**
@@ -88,6 +115,8 @@ export class UpstreamClient {
    * after the token flow.
    */
   async request(req: UpstreamRequest): Promise<UpstreamResponse> {
+    const refused = this.options.refusal?.()
+    if (refused !== undefined) throw refused
     const scope = `repository:${req.repository}:pull`
     let retriedAuth = false
     let sentToken: string | undefined
@@ -147,10 +176,15 @@ export class UpstreamClient {
     const started = Date.now()
     let res: Dispatcher.ResponseData
     try {
-      res = await this.dispatcher.request({ origin: url.origin, path: `${url.pathname}${url.search}`, method: 'GET', headers })
+      res = await this.metadata.request({ origin: url.origin, path: `${url.pathname}${url.search}`, method: 'GET', headers })
     } catch (err) {
-      this.options.onError?.((err as NodeJS.ErrnoException).code ?? 'network')
-      throw new UpstreamUnreachableError(this.name, err)
+      const last = lastAnswer(err)
+      if (last === undefined) {
+        this.options.onError?.((err as NodeJS.ErrnoException).code ?? 'network')
+        throw new UpstreamUnreachableError(this.name, err)
+      }
+      this.options.onResponse?.({ method: 'GET', status: last.statusCode, headers: last.headers, seconds: (Date.now() - started) / 1000 })
+      throw new RegistryError('UPSTREAM_ERROR', `token service of ${this.name} answered ${last.statusCode}`, { detail: { upstream: this.name, status: last.statusCode } })
     }
     this.options.onResponse?.({ method: 'GET', status: res.statusCode, headers: res.headers, seconds: (Date.now() - started) / 1000 })
     if (res.statusCode === 401 || res.statusCode === 403) {
@@ -181,26 +215,34 @@ export class UpstreamClient {
   private async followRedirects(req: UpstreamRequest, authorization: string | undefined): Promise<UpstreamResponse> {
     let url = new URL(req.path, this.origin)
     let auth = authorization
+    const seen = new Set<string>([url.href])
+    const dispatcher = req.resume === true ? this.blobs : this.metadata
+    const policy = req.resume === true ? BLOB_RETRIES : METADATA_RETRIES
+    const step = this.options.connectTimeoutMs + this.options.readTimeoutMs
     for (let hop = 0; ; hop++) {
       const headers: Record<string, string> = { 'user-agent': this.userAgent(), ...req.headers }
       if (auth !== undefined) headers['authorization'] = auth
-      let res: Dispatcher.ResponseData
+      let res: { statusCode: number; headers: Record<string, string | string[] | undefined>; body: UpstreamBody }
       const started = process.hrtime.bigint()
       try {
         res = await withHeadersDeadline(
-          this.dispatcher.request({
+          dispatcher.request({
             origin: url.origin,
             path: `${url.pathname}${url.search}`,
             method: req.method,
             headers,
             ...(req.signal !== undefined ? { signal: req.signal } : {}),
           }),
-          this.options.connectTimeoutMs + this.options.readTimeoutMs,
+          2 * step + worstCaseDelayMs(policy),
         )
       } catch (err) {
         if (req.signal?.aborted === true) throw err
-        this.options.onError?.((err as NodeJS.ErrnoException).code ?? 'network')
-        throw new UpstreamUnreachableError(this.name, err)
+        const last = lastAnswer(err)
+        if (last === undefined) {
+          this.options.onError?.((err as NodeJS.ErrnoException).code ?? 'network')
+          throw new UpstreamUnreachableError(this.name, err)
+        }
+        res = last
       }
       if (req.signal !== undefined) {
         // The caller's signal (a fill's deadline) must still stop the body.
@@ -222,8 +264,14 @@ export class UpstreamClient {
       }
       await res.body.dump()
       if (hop >= MAX_REDIRECTS) throw new RegistryError('UPSTREAM_ERROR', `upstream ${this.name} redirected too many times`)
-      const next = new URL(location, url)
-      if (next.protocol !== 'https:' && next.protocol !== 'http:') throw new RegistryError('UPSTREAM_ERROR', `upstream ${this.name} redirected to ${next.protocol}`)
+      let next: URL
+      try {
+        next = new URL(location, url)
+      } catch {
+        throw new RegistryError('UPSTREAM_ERROR', `upstream ${this.name} sent an unreadable redirect`)
+      }
+      this.redirects.check(url, next, seen)
+      seen.add(next.href)
       // Presigned object-storage URLs carry their own credentials; ours must not follow them.
       if (next.origin !== url.origin) auth = undefined
       url = next
@@ -255,6 +303,17 @@ function withHeadersDeadline(pending: Promise<Dispatcher.ResponseData>, ms: numb
       },
     )
   })
+}
+
+/**
+ * Once its retries are spent, undici's retry handler reports the last 5xx
+ * answer as a RequestRetryError: that is still the upstream's answer (a 502
+ * to pass on, not "unreachable"). Its body is gone; an empty one stands in.
+ */
+function lastAnswer(err: unknown): { statusCode: number; headers: Record<string, string | string[] | undefined>; body: UpstreamBody } | undefined {
+  if (!(err instanceof undiciErrors.RequestRetryError) || typeof err.statusCode !== 'number' || err.statusCode < 300) return undefined
+  const body = Object.assign(Readable.from([]), { dump: async (): Promise<void> => undefined })
+  return { statusCode: err.statusCode, headers: (err.headers ?? {}) as Record<string, string | string[] | undefined>, body }
 }
 
 function pickChallenge(challenges: Challenge[]): Challenge | undefined {

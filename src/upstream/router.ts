@@ -56,6 +56,8 @@ export class Router {
     }
     requireName(rest)
     const repository = upstream.dockerHub && !rest.includes('/') ? `library/${rest}` : rest
+    // `library/` can push a name past the spec's 255: the upstream would refuse it, and we would answer 502.
+    if (repository !== rest) requireName(repository)
     const patterns = this.patterns.get(upstream.name)
     if (patterns !== undefined && !patterns.some((p) => p.test(repository))) {
       throw denied(`repository ${repository} of ${upstream.name} is not mirrored here`, { registry: upstream.name, repository })

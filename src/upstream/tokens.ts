@@ -1,4 +1,5 @@
 import { LRUCache } from 'lru-cache'
+import { SingleFlight } from '../lib/single-flight.js'
 
 export interface Token {
   readonly value: string
@@ -16,7 +17,7 @@ const REFRESH_MARGIN_MS = 10_000
  */
 export class TokenCache {
   private readonly tokens = new LRUCache<string, Token>({ max: 10_000 })
-  private readonly inflight = new Map<string, Promise<Token>>()
+  private readonly inflight = new SingleFlight<string, Promise<Token>>()
 
   constructor(private readonly now: () => number = Date.now) {}
 
@@ -28,21 +29,10 @@ export class TokenCache {
   async get(key: string, fetch: TokenFetcher, stale?: string): Promise<Token> {
     const cached = this.tokens.get(key)
     if (cached !== undefined && cached.value !== stale && cached.expiresAt - REFRESH_MARGIN_MS > this.now()) return cached
-    let pending = this.inflight.get(key)
-    if (pending === undefined) {
-      pending = fetch().then(
-        (token) => {
-          this.tokens.set(key, token)
-          return token
-        },
-      ).finally(() => this.inflight.delete(key))
-      this.inflight.set(key, pending)
-    }
-    return pending
-  }
-
-  /** Forgets a token the upstream rejected. */
-  drop(key: string): void {
-    this.tokens.delete(key)
+    return this.inflight.run(key, async () => {
+      const token = await fetch()
+      this.tokens.set(key, token)
+      return token
+    }).value
   }
 }

@@ -177,8 +177,9 @@ t.test('SIGTERM lets a running transfer finish, refuses new work, and exits 0', 
 
 // Fakes from here on: no real registry can be made to cut a socket at byte N
 // or to stall, so a small HTTP server plays the upstream.
-async function fakeUpstream(t: Test, behaviour: 'cut' | 'stall', size: number): Promise<{ url: string; host: string; gets: () => number }> {
+async function fakeUpstream(t: Test, behaviour: 'cut' | 'stall', size: number): Promise<{ url: string; host: string; gets: () => number; ranges: () => Array<string | undefined> }> {
   let gets = 0
+  const ranges: Array<string | undefined> = []
   const server: Server = createServer((req, res) => {
     if (req.url === '/v2/' || req.url === '/v2') {
       res.writeHead(200, { 'content-type': 'application/json' }).end('{}')
@@ -189,6 +190,8 @@ async function fakeUpstream(t: Test, behaviour: 'cut' | 'stall', size: number): 
       return
     }
     gets++
+    ranges.push(req.headers.range)
+    // It ignores Range: a resume gets a 200 again, which the mirror must refuse to splice on.
     res.writeHead(200, { 'content-length': String(size), 'content-type': 'application/octet-stream' })
     res.write(Buffer.alloc(size / 2, 7))
     if (behaviour === 'cut') setTimeout(() => res.socket?.destroy(), 50)
@@ -200,11 +203,11 @@ async function fakeUpstream(t: Test, behaviour: 'cut' | 'stall', size: number): 
     server.closeAllConnections()
     server.close(() => resolve())
   }))
-  return { url: `http://127.0.0.1:${port}`, host: `127.0.0.1:${port}`, gets: () => gets }
+  return { url: `http://127.0.0.1:${port}`, host: `127.0.0.1:${port}`, gets: () => gets, ranges: () => ranges.slice() }
 }
 
 for (const behaviour of ['cut', 'stall'] as const) {
-  t.test(`fake upstream (${behaviour === 'cut' ? 'socket cut at half the blob' : 'stalls at half the blob'}): the client is aborted, nothing cached`, async (t) => {
+  t.test(`fake upstream (${behaviour === 'cut' ? 'socket cut at half the blob' : 'stalls at half the blob'}) that cannot resume: the client is aborted, nothing cached`, async (t) => {
     const size = 4 * MB
     const up = await fakeUpstream(t, behaviour, size)
     const cacheRoot = join(await tempDir(t, 'stevedore-fake'), 'cache')
@@ -219,7 +222,8 @@ for (const behaviour of ['cut', 'stall'] as const) {
     await waitFor(async () => (await tmpEntries(cacheRoot)).length === 0, 5000, 'temp removed')
     t.notOk(existsSync(cachedBlobPath(cacheRoot, digest)), 'nothing cached')
     await waitFor(async () => mirror.logs().some((l) => l['msg'] === 'blob fill failed'), 5000, 'the failure is logged')
-    t.equal(up.gets(), 1)
+    t.equal(up.gets(), 2, 'one GET, one resume')
+    t.same(up.ranges(), [undefined, `bytes=${size / 2}-${size - 1}`], 'the resume asked for the rest; its 200 was not spliced on')
   })
 }
 

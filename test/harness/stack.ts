@@ -29,6 +29,8 @@ export interface StackOptions {
   cache?: Record<string, unknown>
   timeouts?: Record<string, unknown>
   repo?: string
+  /** extra environment of the mirror process */
+  env?: NodeJS.ProcessEnv
 }
 
 /** Path of a blob in a filesystem cache root. */
@@ -69,7 +71,7 @@ export async function startStack(t: Test, opts: StackOptions = {}): Promise<Stac
   await pushIndex(registry, repo, 'list', list, [docker, armDocker])
   const cacheRoot = join(work, 'cache')
   const config = mirrorConfig(registry, cacheRoot, opts)
-  const mirror = await startMirror(t, { config })
+  const mirror = await startMirror(t, { config, ...(opts.env !== undefined ? { env: opts.env } : {}) })
   registry.resetRequests()
   return { registry, mirror, cacheRoot, repo, oci, docker, index, list, config }
 }

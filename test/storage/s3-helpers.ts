@@ -68,6 +68,7 @@ export async function startS3(t: Test, options: { bucket?: string; port?: number
       accessKeyId: S3_KEY,
       secretAccessKey: S3_KEY,
       spoolDir,
+      staleUploadAgeMs: 30 * 60_000,
       ...overrides,
     }),
     objects: async (keyPrefix = '') => {

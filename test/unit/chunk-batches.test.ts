@@ -1,6 +1,6 @@
 import { PassThrough, Readable } from 'node:stream'
 import t from 'tap'
-import { chunkBatches } from '../../src/cache/chunk-batches.js'
+import { chunkBatches } from '../../src/upstream/chunk-batches.js'
 
 t.test('hands over the pushed chunks themselves, in batches, to the end', async (t) => {
   const chunks = [Buffer.from('ab'), Buffer.from('cd'), Buffer.from('ef')]

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { loadConfig } from '../../src/config/load.js'
-import { ConfigError, validateConfig } from '../../src/config/schema.js'
+import { ConfigError, DEFAULT_LIMITS, validateConfig } from '../../src/config/schema.js'
 import { parseDuration, parseSize } from '../../src/config/units.js'
 
 const minimal = { upstreams: { 'docker.io': { url: 'https://registry-1.docker.io' } } }
@@ -90,6 +90,111 @@ t.test('invalid configs name the key', async (t) => {
   rejects(t, { ...minimal, log: { level: 'loud' } }, 'log.level', /one of/)
 })
 
+t.test('durations behind timers are bounded: above zero, at most 2^31-1 ms', async (t) => {
+  rejects(t, { ...minimal, timeouts: { fill: '30d' } }, 'timeouts.fill', /must be at most 24d/)
+  rejects(t, { ...minimal, timeouts: { read: 0 } }, 'timeouts.read', /greater than zero/)
+  rejects(t, { ...minimal, timeouts: { connect: '0s' } }, 'timeouts.connect', /greater than zero/)
+  rejects(t, { ...minimal, timeouts: { shutdown: '2147483648ms' } }, 'timeouts.shutdown', /at most 24d/)
+  rejects(t, { ...minimal, timeouts: { fill: '1e3s' } }, 'timeouts.fill', /duration such as/)
+  rejects(t, { ...minimal, timeouts: { fill: '9'.repeat(400) } }, 'timeouts.fill', /at most 24d/)
+  rejects(t, { ...minimal, timeouts: { bogus: '1s' } }, 'timeouts.bogus', /not a known key/)
+  t.equal(validateConfig({ ...minimal, timeouts: { shutdown: '2147483647ms' } }, {}).timeouts.shutdownMs, 2 ** 31 - 1, 'the last delay a timer honours')
+  t.equal(validateConfig({ ...minimal, timeouts: { fill: '24d' } }, {}).timeouts.fillMs, 24 * 86_400_000)
+})
+
+t.test('timeouts: fill has no default; read is the progress deadline', async (t) => {
+  const c = validateConfig(minimal, {})
+  t.same(c.timeouts, { connectMs: 5_000, readMs: 30_000, shutdownMs: 25_000 })
+  t.equal(c.timeouts.fillMs, undefined)
+  t.notOk('fillMs' in c.timeouts, 'no key at all')
+  t.equal(validateConfig({ ...minimal, timeouts: { fill: '2h' } }, {}).timeouts.fillMs, 7_200_000)
+  t.equal(validateConfig({ ...minimal, timeouts: { fill: null } }, {}).timeouts.fillMs, undefined, 'an empty YAML key is as if absent')
+})
+
+t.test('limits', async (t) => {
+  const defaults = validateConfig(minimal, {}).limits
+  t.same(defaults, {
+    fills: 32, fillsReservedForPulls: 8, fillQueue: 256, responses: 1024, responseQueue: 1024,
+    queueTimeoutMs: 10_000, sendBuffers: 128 * 1024 * 1024, connections: 4096, idleTimeoutMs: 60_000, writeTimeoutMs: 60_000,
+  })
+  t.same(DEFAULT_LIMITS, defaults, 'DEFAULT_LIMITS is the schema with nothing set')
+  const set = validateConfig({ ...minimal, limits: { fills: 1, fillsReservedForPulls: 0, fillQueue: 0, responses: 2, responseQueue: 1, queueTimeout: '20s', sendBuffers: '1MiB', connections: 4, idleTimeout: '1s', writeTimeout: '3s' } }, {}).limits
+  t.same(set, { fills: 1, fillsReservedForPulls: 0, fillQueue: 0, responses: 2, responseQueue: 1, queueTimeoutMs: 20_000, sendBuffers: 1024 * 1024, connections: 4, idleTimeoutMs: 1_000, writeTimeoutMs: 3_000 })
+  const bad: Array<[string, unknown, RegExp]> = [
+    ['fills', 0, /integer between 1 and 10000 \(got 0\)/],
+    ['fills', 2.5, /integer between 1 and/],
+    ['fills', '32', /integer between 1 and/],
+    ['fillsReservedForPulls', -1, /integer between 0 and/],
+    ['fillQueue', -1, /integer between 0 and/],
+    ['fillQueue', 1e9, /integer between 0 and 1000000/],
+    ['responses', 0, /integer between 1 and/],
+    ['responseQueue', -1, /integer between 0 and/],
+    ['connections', 0, /integer between 1 and/],
+    ['queueTimeout', '0s', /greater than zero/],
+    ['queueTimeout', '30d', /at most 24d/],
+    ['idleTimeout', 'soon', /duration/],
+    ['idleTimeout', '25d', /at most 24d/],
+    ['writeTimeout', 0, /greater than zero/],
+    ['sendBuffers', '512KiB', /at least 1MiB/],
+    ['sendBuffers', '17GiB', /at most 16GiB/],
+    ['sendBuffers', 'lots', /size/],
+  ]
+  for (const [key, value, problem] of bad) rejects(t, { ...minimal, limits: { [key]: value } }, `limits.${key}`, problem)
+  rejects(t, { ...minimal, limits: { fills: 4, fillsReservedForPulls: 4 } }, 'limits.fillsReservedForPulls', /less than limits.fills/)
+  rejects(t, { ...minimal, limits: { fillsReservedForPulls: 32 } }, 'limits.fillsReservedForPulls', /less than limits.fills \(32\)/)
+  rejects(t, { ...minimal, limits: { maxFills: 3 } }, 'limits.maxFills', /not a known key/)
+  rejects(t, { ...minimal, limits: [1] }, 'limits', /must be a mapping/)
+})
+
+t.test('sizes are bounded', async (t) => {
+  rejects(t, { ...minimal, storage: { maxSize: '512KiB' } }, 'storage.maxSize', /at least 1MiB/)
+  rejects(t, { ...minimal, storage: { maxSize: '9999999999TiB' } }, 'storage.maxSize', /at most/)
+  rejects(t, { ...minimal, cache: { memory: '1TiB' } }, 'cache.memory', /at most 64GiB/)
+  t.equal(validateConfig({ ...minimal, storage: { maxSize: '50GiB' } }, {}).storage.maxSize, 50 * 1024 ** 3)
+})
+
+t.test('redirectHosts', async (t) => {
+  const withHosts = (redirectHosts: unknown): unknown => ({ upstreams: { 'docker.io': { url: 'https://registry-1.docker.io', redirectHosts } } })
+  const c = validateConfig(withHosts(['localhost', '*.CloudFront.net', 'production.cloudflare.docker.com', '10.0.0.7', '[fd00::1]', '::1']), {})
+  t.same(c.upstreams.get('docker.io')?.redirectHosts, ['localhost', '*.cloudfront.net', 'production.cloudflare.docker.com', '10.0.0.7', 'fd00::1', '::1'], 'lower-case, brackets off, as RedirectRules compares')
+  t.equal(validateConfig(minimal, {}).upstreams.get('docker.io')?.redirectHosts, undefined, 'unset: any host but internal ones')
+  for (const bad of ['https://cdn.example.com', 'cdn.example.com:443', '*', 'a b', 'cdn.*.com', '', 5]) {
+    rejects(t, withHosts([bad]), 'upstreams.docker.io.redirectHosts[0]', /host name, "\*\.domain" or an IP address/)
+  }
+  rejects(t, withHosts([]), 'upstreams.docker.io.redirectHosts', /non-empty list/)
+  rejects(t, withHosts('cdn.example.com'), 'upstreams.docker.io.redirectHosts', /non-empty list/)
+})
+
+t.test('storage.s3.staleUploadAge', async (t) => {
+  const s3 = (extra: Record<string, unknown> = {}): unknown => ({ ...minimal, storage: { s3: { bucket: 'b', ...extra } } })
+  const backend = validateConfig(s3(), {}).storage.backend
+  t.equal(backend.kind === 's3' ? backend.staleUploadAgeMs : undefined, 30 * 60_000, 'default 30m')
+  const set = validateConfig(s3({ staleUploadAge: '6h' }), {}).storage.backend
+  t.equal(set.kind === 's3' ? set.staleUploadAgeMs : undefined, 6 * 3_600_000)
+  rejects(t, s3({ staleUploadAge: '10s' }), 'storage.s3.staleUploadAge', /at least 1m/)
+  rejects(t, s3({ staleUploadAge: 'old' }), 'storage.s3.staleUploadAge', /duration/)
+  rejects(t, { ...minimal, storage: { filesystem: { root: '/x', staleUploadAge: '1h' } } }, 'storage.filesystem.staleUploadAge', /not a known key/)
+  rejects(t, s3({ accessKeyId: 'a' }), 'storage.s3', /go together/)
+  rejects(t, s3({ endpoint: 'not a url' }), 'storage.s3.endpoint', /not a URL/)
+  rejects(t, s3({ bogus: 1 }), 'storage.s3.bogus', /not a known key/)
+  const region = validateConfig(s3({ prefix: 'mirror' }), { env: { AWS_DEFAULT_REGION: 'eu-north-1' } }).storage.backend
+  t.match(region, { kind: 's3', region: 'eu-north-1', prefix: 'mirror/' })
+})
+
+t.test('empty and misplaced values', async (t) => {
+  rejects(t, { upstreams: { 'docker.io': null } }, 'upstreams.docker.io', /must be a mapping/)
+  rejects(t, { upstreams: {} }, 'upstreams', /at least one upstream/)
+  rejects(t, [], '(root)', /YAML mapping/)
+  rejects(t, 'listen: x', '(root)', /YAML mapping/)
+  rejects(t, { ...minimal, cache: [] }, 'cache', /must be a mapping/)
+  rejects(t, { ...minimal, bogus: null }, 'bogus', /not a known key/)
+  rejects(t, JSON.parse('{"upstreams":{"docker.io":{"url":"https://x"}},"__proto__":{"listen":"1.2.3.4:1"}}'), '__proto__', /not a known key/)
+  rejects(t, { upstreams: { 'docker.io': { url: 'https://x', repositories: ['ok/*', 5] } } }, 'upstreams.docker.io.repositories[1]', /pattern/)
+  const c = validateConfig({ ...minimal, storage: null, cache: null, timeouts: null, limits: null, log: null }, {})
+  t.equal(c.storage.backend.kind, 'filesystem', 'empty sections take their defaults')
+  t.equal(c.logLevel, 'info')
+})
+
 t.test('secrets never appear in config errors', async (t) => {
   try {
     validateConfig({ upstreams: { 'docker.io': { url: 'https://x', username: 'u', password: 'hunter2', passwordEnv: 'X' } } }, {})
@@ -111,4 +216,10 @@ t.test('units', async (t) => {
   t.equal(parseSize('1.5Ki'), 1536)
   t.equal(parseSize(1024), 1024)
   t.equal(parseSize('10 bananas'), undefined)
+  t.equal(parseDuration('9'.repeat(400)), undefined, 'Infinity is no duration')
+  t.equal(parseDuration(Number.MAX_VALUE), undefined)
+  t.equal(parseSize('9'.repeat(400)), undefined, 'Infinity is no size')
+  t.equal(parseSize('9007199254740992'), undefined, 'past 2^53 bytes')
+  t.equal(parseSize(-1), undefined)
+  t.equal(parseDuration(Number.NaN), undefined)
 })
