@@ -10,6 +10,7 @@ import type { Config } from './config/schema.js'
 import { Slots } from './limits/slots.js'
 import { Metrics } from './observability/metrics.js'
 import { SendBuffers, type SendOptions } from './routes/send-blob.js'
+import { SendQueueProbe } from './io/send-queue.js'
 import type { BlobStore } from './storage/blob-store.js'
 import { createBlobStore } from './storage/create.js'
 import { LayoutError } from './storage/filesystem.js'
@@ -132,7 +133,7 @@ export async function createMirror(config: Config, log: Logger, options: MirrorO
     manifests,
     blobs,
     responseSlots,
-    send: { buffers: new SendBuffers(limits.sendBuffers), writeTimeoutMs: limits.writeTimeoutMs },
+    send: { buffers: new SendBuffers(limits.sendBuffers), writeTimeoutMs: limits.writeTimeoutMs, sendQueue: new SendQueueProbe(Math.min(1000, limits.writeTimeoutMs / 8)) },
     metrics,
     rateLimits,
     evictor,

@@ -1,6 +1,7 @@
 import type { ServerResponse } from 'node:http'
 import type { BlobSource } from '../cache/blob-source.js'
 import { BufferPool } from '../io/buffer-pool.js'
+import type { SendQueueProbe } from '../io/send-queue.js'
 
 // A reader that keeps up is sent 1 MiB per read and write: measured, about
 // twice as fast as 64 KiB. A reader that does not keep up holds at most two
@@ -30,8 +31,10 @@ export class SendBuffers {
 
 export interface SendOptions {
   readonly buffers: SendBuffers
-  /** A write the client accepts nothing of for this long drops the client. */
+  /** A client that reads nothing for this long is dropped. */
   readonly writeTimeoutMs: number
+  /** Tells a slow reader from a stopped one while a write stays pending; without it, a pending write is all there is to go by. */
+  readonly sendQueue?: SendQueueProbe
 }
 
 /** The client stopped reading: its response is dropped (the caller cuts the connection). */
@@ -61,11 +64,11 @@ interface Write {
  * one write in flight (backpressure). A response starts with small buffers
  * and moves to 1 MiB ones once it has shown it keeps up; when a write stalls
  * it drops its read-ahead back to the pool and goes back to small ones.
- * Rejects when the client goes away, stops reading past writeTimeoutMs, or
+ * Rejects when the client goes away, reads nothing for writeTimeoutMs, or
  * the source fails or runs short; never ends res.
  */
 export async function writeBlob(source: BlobSource, start: number, res: ServerResponse, options: SendOptions): Promise<void> {
-  const { buffers, writeTimeoutMs } = options
+  const { buffers, writeTimeoutMs, sendQueue } = options
   let big = false
   // Bytes written since the last stall, and since when: the client's rate.
   let unstalled = 0
@@ -103,6 +106,26 @@ export async function writeBlob(source: BlobSource, start: number, res: ServerRe
     return write.finished
   }
 
+  const queued = (): Promise<number | undefined> => sendQueue?.queued(res.socket) ?? Promise.resolve(undefined)
+  /**
+   * Waits for a stalled write while the client keeps reading. A slow reader's
+   * write can stay pending for minutes while the kernel sends what it holds,
+   * so the kernel's send queue is looked at every eighth of writeTimeoutMs:
+   * once it has not moved for writeTimeoutMs, the client is dropped.
+   */
+  const drain = async (write: Write): Promise<void> => {
+    const step = Math.max(1, Math.floor(writeTimeoutMs / 8))
+    let seen = await queued()
+    let movedAt = Date.now()
+    while (!(await settle(write, Math.min(step, movedAt + writeTimeoutMs - Date.now())))) {
+      const now = await queued()
+      if (closedError !== undefined) throw closedError
+      if (now !== undefined && seen !== undefined && now !== seen) movedAt = Date.now()
+      else if (Date.now() - movedAt >= writeTimeoutMs) throw new WriteTimeoutError(`the client read nothing for ${writeTimeoutMs} ms`)
+      seen = now
+    }
+  }
+
   try {
     for (let pos = start; ;) {
       const next = source.readable(pos)
@@ -119,9 +142,7 @@ export async function writeBlob(source: BlobSource, start: number, res: ServerRe
             release(ahead)
             ahead = undefined
           }
-          if (!(await settle(inflight, writeTimeoutMs))) {
-            throw new WriteTimeoutError(`the client accepted no bytes for ${writeTimeoutMs} ms`)
-          }
+          await drain(inflight)
         }
         await whileOpen(inflight.done)
         if (unstalled === 0) unstalledSince = Date.now()
@@ -136,7 +157,7 @@ export async function writeBlob(source: BlobSource, start: number, res: ServerRe
       pos += inflight.chunk.size
     }
     if (inflight !== undefined) {
-      if (!(await settle(inflight, writeTimeoutMs))) throw new WriteTimeoutError(`the client accepted no bytes for ${writeTimeoutMs} ms`)
+      if (!(await settle(inflight, STALL_MS))) await drain(inflight)
       await whileOpen(inflight.done)
       release(inflight.chunk)
       inflight = undefined

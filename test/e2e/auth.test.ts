@@ -44,6 +44,21 @@ for (const auth of ['htpasswd', 'token'] as const) {
         t.ok(issuer.requests().every((r) => r.account === 'robot' && r.kind === 'basic'), 'the token was asked for with the configured credentials')
         t.ok(issuer.requests().every((r) => r.scopes.every((sc) => sc === `repository:${s.repo}:pull`)), 'pull scope only')
       })
+
+      await t.test('a token service that fails for a moment is retried: the pull goes on', async (t) => {
+        const issuer = s.registry.tokenIssuer
+        if (issuer === undefined) throw new Error('no issuer')
+        // A mirror of its own: its token cache is empty.
+        const dir = await tempDir(t, 'stevedore-token-retry')
+        const fresh = await startMirror(t, { config: mirrorConfig(s.registry, join(dir, 'cache')) })
+        issuer.resetRequests()
+        issuer.failNext(2, 503)
+        const started = Date.now()
+        const r = await fetchAll(`${fresh.url}/v2/${s.repo}/manifests/oci`)
+        t.equal(r.status, 200, 'the manifest, after two 503s from the token service')
+        t.same(issuer.requests().map((q) => q.status), [503, 503, 200], 'two failures, then a token')
+        t.ok(Date.now() - started < 3000, `quickly (${Date.now() - started} ms)`)
+      })
     }
 
     await t.test('without credentials: 403 DENIED, quickly, so containerd falls back', async (t) => {

@@ -3,6 +3,7 @@
 // them (then, later, some). The "unreachable" upstream is a loopback port
 // nobody listens on; the rate-limited one is the fault injector
 // (test/harness/fault-proxy.ts) answering 429 in front of B.
+import { rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { fetchAll, fetchHashed } from '../harness/http.js'
@@ -19,6 +20,7 @@ interface Rig {
   blob: string
   blobFile: string
   image: BuiltImage
+  cacheRoot: string
 }
 
 async function rig(t: Test): Promise<Rig> {
@@ -44,7 +46,7 @@ async function rig(t: Test): Promise<Rig> {
     defaultUpstream: 'a.test',
   }
   const mirror = await startMirror(t, { config })
-  return { a, b, mirror, blob, blobFile: path, image }
+  return { a, b, mirror, blob, blobFile: path, image, cacheRoot: join(dir, 'cache') }
 }
 
 const blobPath = (repo: string, digest: string, ns: string): string => `/v2/${repo}/blobs/${digest}?ns=${ns}`
@@ -121,4 +123,22 @@ t.test('manifests: by digest through a registry that lacks it, 404; fetched thro
   const layer = r.image.layers[0]?.digest as string
   t.equal((await fetchAll(`${m}${blobPath('sc/img', layer, 'a.test')}`)).status, 503, 'an uncached layer while A is down: 503')
   t.equal((await fetchAll(`${m}${blobPath('sc/blob', r.blob, 'a.test')}`)).status, 503, 'never cached: 503 too')
+})
+
+t.test('content cached before scopes were recorded is confirmed on first use, with one HEAD', async (t) => {
+  if (!requireTools(t, 'docker-registry')) return
+  const r = await rig(t)
+  const m = r.mirror.url
+  await fetchHashed(`${m}${blobPath('sc/blob', r.blob, 'a.test')}`)
+  await r.mirror.stop()
+  // A cache from before this change: the blob, and no record of who holds it.
+  await rm(join(r.cacheRoot, 'docs', 'scopes'), { recursive: true, force: true })
+  r.a.resetRequests()
+  await r.mirror.start()
+  const served = await fetchHashed(`${m}${blobPath('sc/blob', r.blob, 'a.test')}`)
+  t.equal(served.digest, r.blob, 'served through A')
+  t.equal(r.a.count('HEAD', `/blobs/${r.blob}`), 1, 'after one HEAD to A')
+  t.equal(r.a.count('GET', `/blobs/${r.blob}`), 0, 'from the cache: no GET')
+  const viaB = await fetchAll(`${m}${blobPath('sc/blob', r.blob, 'b.test')}`)
+  t.equal(viaB.status, 404, 'still 404 through B, which lacks it')
 })

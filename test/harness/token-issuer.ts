@@ -59,6 +59,8 @@ export interface TokenIssuer {
   /** number of requests to the token endpoint (all statuses) */
   count(): number
   resetRequests(): void
+  /** FAULT on cue: the next `times` token requests answer `status` (logged like the others). */
+  failNext(times: number, status: number): void
   stop(): Promise<void>
 }
 
@@ -93,6 +95,7 @@ export async function startTokenIssuer(opts: TokenIssuerOptions): Promise<TokenI
   const expiresIn = opts.expiresIn ?? 60
   let log: TokenRequest[] = []
   let total = 0
+  let failures: { times: number; status: number } = { times: 0, status: 503 }
 
   const mint = (account: string | null, scopes: string[], service: string | null, anonymous: boolean): string => {
     const now = Math.floor(Date.now() / 1000)
@@ -187,6 +190,12 @@ export async function startTokenIssuer(opts: TokenIssuerOptions): Promise<TokenI
       userAgent: req.headers['user-agent'] ?? '',
     }
     log.push(entry)
+    if (failures.times > 0) {
+      failures.times--
+      entry.status = failures.status
+      res.writeHead(failures.status, { 'content-type': 'text/plain' }).end('injected failure')
+      return
+    }
     const anonymous = account === null
     if (account === false || (anonymous && !opts.allowAnonymous)) {
       entry.status = 401
@@ -237,6 +246,9 @@ export async function startTokenIssuer(opts: TokenIssuerOptions): Promise<TokenI
     resetRequests: () => {
       log = []
       total = 0
+    },
+    failNext: (times, status) => {
+      failures = { times, status }
     },
     stop: async () => {
       if (stopped) return
