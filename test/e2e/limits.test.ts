@@ -8,7 +8,7 @@ import t, { type Test } from 'tap'
 import { fetchAll, fetchHashed } from '../harness/http.js'
 import { pushBlob, randomBytesFile } from '../harness/images.js'
 import { startFaultProxy } from '../harness/fault-proxy.js'
-import { startMirror } from '../harness/mirror.js'
+import { startMirror, type Mirror } from '../harness/mirror.js'
 import { rawRequest, type RawExchange } from '../harness/raw-http.js'
 import { startRegistry, type Registry } from '../harness/registry.js'
 import { requireTools, sleep, tempDir } from '../harness/tools.js'
@@ -26,6 +26,23 @@ async function seeded(t: Test, sizes: number[]): Promise<{ registry: Registry; d
     digests.push(digest)
   }
   return { registry, dir, digests }
+}
+
+/** A mirror with limits.writeTimeout set, holding one blob of `size` bytes in its cache. */
+async function mirrorWithCachedBlob(t: Test, size: number, writeTimeout: string): Promise<{ mirror: Mirror; digest: string; path: string }> {
+  const { registry, dir, digests } = await seeded(t, [size])
+  const digest = digests[0] as string
+  const mirror = await startMirror(t, {
+    config: {
+      storage: { filesystem: { root: join(dir, 'cache') } },
+      upstreams: { [registry.host]: { url: registry.url } },
+      defaultUpstream: registry.host,
+      limits: { writeTimeout },
+    },
+  })
+  const path = `/v2/lim/blob/blobs/${digest}`
+  t.equal((await fetchHashed(`${mirror.url}${path}`)).digest, digest, 'cached')
+  return { mirror, digest, path }
 }
 
 /** True once the exchange has received `bytes` of body, false if the connection closes first. */
@@ -115,19 +132,8 @@ t.test('the fill cap: one fill at a time, one waiting, the next refused with 503
 
 t.test('write timeout: a reader that stops is dropped; a slow one is served to the end', async (t) => {
   if (!requireTools(t, 'docker-registry')) return
-  const { registry, dir, digests } = await seeded(t, [40 * MB])
-  const digest = digests[0] as string
-  const mirror = await startMirror(t, {
-    config: {
-      storage: { filesystem: { root: join(dir, 'cache') } },
-      upstreams: { [registry.host]: { url: registry.url } },
-      defaultUpstream: registry.host,
-      // A reader at 1 MB/s sees the kernel take its bytes in bursts about a second apart.
-      limits: { writeTimeout: '3s' },
-    },
-  })
-  const path = `/v2/lim/blob/blobs/${digest}`
-  t.equal((await fetchHashed(`${mirror.url}${path}`)).digest, digest, 'cached')
+  // A reader at 1 MB/s sees the kernel take its bytes in bursts about a second apart.
+  const { mirror, digest, path } = await mirrorWithCachedBlob(t, 40 * MB, '3s')
 
   const stopped = rawRequest(mirror.port, path)
   await stopped.head
@@ -164,21 +170,10 @@ t.test('write timeout: a reader that stops is dropped; a slow one is served to t
 
 t.test('write timeout: a reader slower than the kernel wakes the writer is served past the timeout, judged by the socket send queue', async (t) => {
   if (!requireTools(t, 'docker-registry')) return
-  const { registry, dir, digests } = await seeded(t, [12 * MB])
-  const digest = digests[0] as string
-  const mirror = await startMirror(t, {
-    config: {
-      storage: { filesystem: { root: join(dir, 'cache') } },
-      upstreams: { [registry.host]: { url: registry.url } },
-      defaultUpstream: registry.host,
-      // At 300 KB/s the kernel frees room for the next write only every few
-      // seconds (it wakes a writer once a third of its buffer has drained):
-      // longer than this timeout, though the reader never stops.
-      limits: { writeTimeout: '2s' },
-    },
-  })
-  const path = `/v2/lim/blob/blobs/${digest}`
-  t.equal((await fetchHashed(`${mirror.url}${path}`)).digest, digest, 'cached')
+  // At 300 KB/s the kernel frees room for the next write only every few
+  // seconds (it wakes a writer once a third of its buffer has drained):
+  // longer than this timeout, though the reader never stops.
+  const { mirror, path } = await mirrorWithCachedBlob(t, 12 * MB, '2s')
   const length = 6_000_000
   const slow = rawRequest(mirror.port, path, { headers: { range: `bytes=0-${length - 1}` } })
   slow.throttle(300_000)
