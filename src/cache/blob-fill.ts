@@ -52,7 +52,8 @@ export interface FillOptions {
   readonly spoolDir: string
   readonly log: Logger
   /** Waits for a fill slot; resolves with its release. */
-  readonly acquireSlot: () => Promise<() => void>
+  /** A fill slot; a wait the signal ends leaves the queue (so no slot is granted to it later). */
+  readonly acquireSlot: (signal: AbortSignal) => Promise<() => void>
   /** An overall cap on the transfer (timeouts.fill); none when undefined. Silence is bounded by the upstream client's read timeout. */
   readonly maxDurationMs?: number
   readonly events?: FillEvents
@@ -103,6 +104,7 @@ export class BlobFill {
   private refs = 1 // the fill's own
   private spoolPath: string | undefined
   private originatorGone = false
+  private wanted: { readonly start: number; readonly endExclusive: number | undefined } = { start: 0, endExclusive: undefined }
   private readonly abortController = new AbortController()
   // Pass-through data after `written`, for the originator only; queue[0] starts at queueOffset.
   private queue: Buffer[] = []
@@ -188,6 +190,11 @@ export class BlobFill {
     if (this.spoolPath !== undefined) void rm(this.spoolPath, { force: true }).catch(() => undefined)
   }
 
+  /** What the originator reads, [start, endExclusive): in pass-through, only those bytes are queued for it. */
+  originatorWants(start: number, endExclusive: number | undefined): void {
+    this.wanted = { start, endExclusive }
+  }
+
   /** The originator's reader is gone: in pass-through nobody needs the bytes any more. */
   originatorLeft(): void {
     this.originatorGone = true
@@ -211,14 +218,16 @@ export class BlobFill {
     let releaseSlot: (() => void) | undefined
     let writer: BlobWriter | undefined
     let body: UpstreamBlob | undefined
+    let destroyOnAbort: (() => void) | undefined
     try {
       const digest = parseDigest(this.digest)
       if (digest === undefined) throw new RegistryError('DIGEST_INVALID', 'invalid digest')
-      releaseSlot = await raceAbort(this.options.acquireSlot(), signal)
+      releaseSlot = await this.options.acquireSlot(signal)
       body = await this.source.open(signal)
       const opened = body
       // A stalled body would hold the loop below forever: aborting destroys it.
-      signal.addEventListener('abort', () => opened.destroy(), { once: true })
+      destroyOnAbort = () => opened.destroy()
+      signal.addEventListener('abort', destroyOnAbort, { once: true })
       // The temp file only once the upstream has answered: a refused or failing request costs no disk.
       writer = await this.startWriting(digest.algorithm)
       this.size = body.size
@@ -250,6 +259,8 @@ export class BlobFill {
       this.options.log[level]({ digest: this.digest, upstream: this.upstream, bytes: this.received, failure, err: error }, this.state === 'verified' ? 'blob served but not cached' : 'blob fill failed')
       this.options.events?.onEnd?.(this, failure)
     } finally {
+      // An overall cap's signal lives on after the fill: it must not keep the body.
+      if (destroyOnAbort !== undefined) signal.removeEventListener('abort', destroyOnAbort)
       releaseSlot?.()
       // Readers still behind read the file; the memory goes back now.
       this.recent.clear()
@@ -305,10 +316,18 @@ export class BlobFill {
         }
       }
       if (hash !== undefined) {
+        let at = this.received - bytes
         for (const chunk of batch) {
-          this.queue.push(chunk)
-          this.queuedBytes += chunk.byteLength
           hash.update(chunk)
+          // Only what the originator will read is queued: the fill must not wait for it to take bytes outside its range.
+          const from = Math.max(at, this.wanted.start)
+          const to = Math.min(at + chunk.byteLength, this.wanted.endExclusive ?? Number.MAX_SAFE_INTEGER)
+          if (from < to) {
+            if (this.queue.length === 0 && from > this.queueOffset) this.queueOffset = from
+            this.queue.push(from === at && to === at + chunk.byteLength ? chunk : chunk.subarray(from - at, to - at))
+            this.queuedBytes += to - from
+          }
+          at += chunk.byteLength
         }
         // The originator must see these bytes before the fill waits for it to take them.
         this.notify()

@@ -112,7 +112,7 @@ export class BlobService {
     await fill.ready
     const size = fill.size
     const range = size !== undefined ? parseRange(rangeHeader, size) : undefined
-    const source = new FillReader(fill, range !== undefined ? range.end + 1 : undefined, !joined)
+    const source = new FillReader(fill, range !== undefined ? range.end + 1 : undefined, !joined, range?.start ?? 0)
     return { kind: 'fill', cache: joined ? 'joined' : 'miss', size, range, source }
   }
 
@@ -200,7 +200,7 @@ export class BlobService {
     }, {
       spoolDir: this.options.spoolDir,
       log: this.options.log,
-      acquireSlot: () => fillSlots.acquire(slotClass),
+      acquireSlot: (signal) => fillSlots.acquire(slotClass, signal),
       ...(this.options.maxFillMs !== undefined ? { maxDurationMs: this.options.maxFillMs } : {}),
       events: {
         ...events,

@@ -13,9 +13,13 @@ const WAIT = Symbol('wait')
 export class FillReader implements BlobSource {
   private closed = false
 
-  /** endExclusive undefined means to the end of the blob. The originator is the request that started the fill. */
-  constructor(private readonly fill: BlobFill, private readonly endExclusive: number | undefined, private readonly originator: boolean) {
+  /**
+   * endExclusive undefined means to the end of the blob. The originator is
+   * the request that started the fill; it reads from `start` on.
+   */
+  constructor(private readonly fill: BlobFill, private readonly endExclusive: number | undefined, private readonly originator: boolean, start = 0) {
     fill.retain()
+    if (originator) fill.originatorWants(start, endExclusive)
   }
 
   readable(pos: number): number | undefined | Promise<number | undefined> {

@@ -80,7 +80,13 @@ export class ContentScopes {
    * tries the registry itself.
    */
   async ensure(registry: string, digest: string, confirm: () => Promise<Confirmation>, notFound: () => RegistryError): Promise<void> {
-    if (await this.holds(registry, digest)) return
+    let held: boolean
+    try {
+      held = await this.holds(registry, digest)
+    } catch (err) {
+      throw new RegistryError('UNAVAILABLE', 'the cache storage cannot say which upstreams hold this content', { detail: { digest }, cause: err })
+    }
+    if (held) return
     const pair = `${registry} ${digest}`
     let verdict = this.absent.get(pair)
     if (verdict === undefined) {
@@ -130,7 +136,14 @@ function docKey(digest: string): string {
   return `${DOC_PREFIX}/${d.algorithm}/${d.hex}`
 }
 
-/** The digests a manifest refers to: config and layers, an index's manifests, a subject. Never throws. */
+/**
+ * The digests a manifest refers to that its registry must hold: config and
+ * layers, an index's manifests. Not a `subject` (a referrer may name one its
+ * registry never had) nor a layer with `urls` (a foreign layer lives
+ * elsewhere): recorded as held, either would let anyone who can push to a
+ * public registry read a private blob cached through another upstream,
+ * knowing only its digest. Never throws.
+ */
 export function referencedDigests(bytes: Buffer): string[] {
   let doc: unknown
   try {
@@ -141,11 +154,12 @@ export function referencedDigests(bytes: Buffer): string[] {
   if (typeof doc !== 'object' || doc === null) return []
   const out: string[] = []
   const take = (d: unknown): void => {
-    if (typeof d === 'object' && d !== null && typeof (d as { digest?: unknown }).digest === 'string') out.push((d as { digest: string }).digest)
+    if (typeof d !== 'object' || d === null) return
+    const { digest, urls } = d as { digest?: unknown; urls?: unknown }
+    if (typeof digest === 'string' && !(Array.isArray(urls) && urls.length > 0)) out.push(digest)
   }
   const m = doc as Record<string, unknown>
   take(m['config'])
-  take(m['subject'])
   for (const list of [m['layers'], m['manifests'], m['blobs']]) if (Array.isArray(list)) list.forEach(take)
   return out.filter((d) => parseDigest(d) !== undefined)
 }

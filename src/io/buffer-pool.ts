@@ -9,7 +9,8 @@ export class BufferPool {
   private readonly free: Buffer[] = []
   private lent = 0
 
-  constructor(readonly size: number, private readonly maxBytes: number) {}
+  /** @param maxFree how many free buffers are kept for reuse; past it, a returned one goes to the GC. */
+  constructor(readonly size: number, private readonly maxBytes: number, private readonly maxFree = Number.MAX_SAFE_INTEGER) {}
 
   /** A buffer of `size` bytes, or undefined when the budget is lent out. */
   take(): Buffer | undefined {
@@ -27,7 +28,7 @@ export class BufferPool {
   /** Returns a buffer nothing refers to any more. */
   give(buffer: Buffer): void {
     this.lent--
-    if ((this.free.length + this.lent) * this.size < this.maxBytes) this.free.push(buffer)
+    if (this.free.length < this.maxFree && (this.free.length + this.lent) * this.size < this.maxBytes) this.free.push(buffer)
   }
 
   /** Forgets a lent buffer that may still be in use (a failed socket write): the GC takes it, the budget frees. */

@@ -29,7 +29,7 @@ export class SendQueueProbe {
   /** The socket's unacknowledged send queue in bytes; undefined when it cannot be told. Never rejects. */
   async queued(socket: Socket | null | undefined): Promise<number | undefined> {
     if (socket === null || socket === undefined || socket.destroyed) return undefined
-    const key = connectionKey(socket.localPort, socket.remoteAddress, socket.remotePort)
+    const key = connectionKey(socket.localAddress, socket.localPort, socket.remoteAddress, socket.remotePort)
     if (key === undefined) return undefined
     return (await this.table()).get(key)
   }
@@ -65,21 +65,22 @@ export function parseTcpTable(text: string, table: Map<string, number>): void {
     const fields = line.trim().split(/\s+/)
     const [local, remote, , queues] = fields.slice(1, 5)
     if (local === undefined || remote === undefined || queues === undefined) continue
+    const localAddress = procAddress(local.slice(0, local.lastIndexOf(':')))
     const localPort = hexPort(local)
-    const remoteAt = remote.lastIndexOf(':')
-    const remoteAddress = procAddress(remote.slice(0, remoteAt))
+    const remoteAddress = procAddress(remote.slice(0, remote.lastIndexOf(':')))
     const remotePort = hexPort(remote)
     const tx = /^([0-9A-Fa-f]{8}):/.exec(queues)?.[1]
-    if (localPort === undefined || remoteAddress === undefined || remotePort === undefined || tx === undefined) continue
-    table.set(`${localPort} ${remoteAddress} ${remotePort}`, parseInt(tx, 16))
+    if (localAddress === undefined || localPort === undefined || remoteAddress === undefined || remotePort === undefined || tx === undefined) continue
+    table.set(`${localAddress} ${localPort} ${remoteAddress} ${remotePort}`, parseInt(tx, 16))
   }
 }
 
-/** One connection as both the kernel's table and a node socket can name it: local port, peer address and port. */
-export function connectionKey(localPort: number | undefined, remoteAddress: string | undefined, remotePort: number | undefined): string | undefined {
-  if (localPort === undefined || remotePort === undefined || remoteAddress === undefined) return undefined
-  const address = nodeAddress(remoteAddress)
-  return address === undefined ? undefined : `${localPort} ${address} ${remotePort}`
+/** One connection as both the kernel's table and a node socket can name it: both ends' addresses and ports. */
+export function connectionKey(localAddress: string | undefined, localPort: number | undefined, remoteAddress: string | undefined, remotePort: number | undefined): string | undefined {
+  if (localAddress === undefined || localPort === undefined || remotePort === undefined || remoteAddress === undefined) return undefined
+  const local = nodeAddress(localAddress)
+  const remote = nodeAddress(remoteAddress)
+  return local === undefined || remote === undefined ? undefined : `${local} ${localPort} ${remote} ${remotePort}`
 }
 
 function hexPort(endpoint: string): number | undefined {

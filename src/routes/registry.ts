@@ -9,7 +9,7 @@ import { errorForUpstreamStatus } from '../upstream/errors.js'
 import type { Route } from '../upstream/router.js'
 import { parseQuery } from './query.js'
 import { recordResponse } from './record.js'
-import { WriteTimeoutError, writeBlob } from './send-blob.js'
+import { WriteTimeoutError, endBlob, watchWrites, writeBlob } from './send-blob.js'
 import { parseV2Path } from './v2-path.js'
 
 /**
@@ -111,6 +111,11 @@ async function serveBlob(mirror: Mirror, request: FastifyRequest, reply: Fastify
   reply.raw.once('close', () => {
     if (!body.destroyed && !reply.raw.writableFinished) body.destroy()
   })
+  // fastify pipes this body: a client that stops reading is dropped here, as writeBlob does.
+  watchWrites(reply.raw, mirror.send, (err) => {
+    request.log.info({ err }, 'client stopped reading: dropped')
+    reply.raw.destroy()
+  })
   return reply.send(body)
 }
 
@@ -126,12 +131,7 @@ async function sendSource(mirror: Mirror, request: FastifyRequest, reply: Fastif
     try {
       res.writeHead(reply.statusCode, reply.getHeaders() as OutgoingHttpHeaders)
       await writeBlob(source, start, res, mirror.send)
-      // 'finish' never comes for a client that left after the last byte: 'close' does.
-      await new Promise<void>((resolve) => {
-        res.once('finish', resolve)
-        res.once('close', resolve)
-        res.end()
-      })
+      await endBlob(res, mirror.send)
     } catch (err) {
       // Headers are out: an incomplete body must end in a cut connection, never a clean end.
       if (err instanceof WriteTimeoutError) request.log.info({ err }, 'client stopped reading: dropped')

@@ -16,6 +16,8 @@ const PROMOTE_AFTER = 8 * 1024 * 1024
 // A write still pending after this long means the client is not keeping up.
 const STALL_MS = 100
 const PROMOTE_RATE = BIG / STALL_MS // bytes per ms
+// 4 MiB of small buffers kept for reuse.
+const SMALL_KEPT_FREE = 64
 
 /** The buffers every response shares: big ones bounded by limits.sendBuffers, small ones kept a few at a time. */
 export class SendBuffers {
@@ -24,8 +26,9 @@ export class SendBuffers {
 
   constructor(bigBytes: number) {
     this.big = new BufferPool(BIG, bigBytes)
-    // Small buffers are bounded by the response cap; only a few are kept free.
-    this.small = new BufferPool(SMALL, Number.MAX_SAFE_INTEGER)
+    // Small buffers in use are bounded by the response cap (two each); only a few are kept
+    // free, so a burst of slow readers does not hold its peak for the life of the process.
+    this.small = new BufferPool(SMALL, Number.MAX_SAFE_INTEGER, SMALL_KEPT_FREE)
   }
 }
 
@@ -68,7 +71,7 @@ interface Write {
  * the source fails or runs short; never ends res.
  */
 export async function writeBlob(source: BlobSource, start: number, res: ServerResponse, options: SendOptions): Promise<void> {
-  const { buffers, writeTimeoutMs, sendQueue } = options
+  const { buffers } = options
   let big = false
   // Bytes written since the last stall, and since when: the client's rate.
   let unstalled = 0
@@ -92,39 +95,12 @@ export async function writeBlob(source: BlobSource, start: number, res: ServerRe
 
   /** Waits up to ms for the write in flight; true when it finished. */
   const settle = async (write: Write, ms: number): Promise<boolean> => {
-    if (!write.finished) {
-      let timer: NodeJS.Timeout | undefined
-      const timeout = new Promise<void>((resolve) => {
-        timer = setTimeout(resolve, ms)
-      })
-      try {
-        await whileOpen(Promise.race([write.done, timeout]))
-      } finally {
-        clearTimeout(timer)
-      }
-    }
+    if (!write.finished) await whileOpen(raceTimer(write.done, ms))
     return write.finished
   }
 
-  const queued = (): Promise<number | undefined> => sendQueue?.queued(res.socket) ?? Promise.resolve(undefined)
-  /**
-   * Waits for a stalled write while the client keeps reading. A slow reader's
-   * write can stay pending for minutes while the kernel sends what it holds,
-   * so the kernel's send queue is looked at every eighth of writeTimeoutMs:
-   * once it has not moved for writeTimeoutMs, the client is dropped.
-   */
-  const drain = async (write: Write): Promise<void> => {
-    const step = Math.max(1, Math.floor(writeTimeoutMs / 8))
-    let seen = await queued()
-    let movedAt = Date.now()
-    while (!(await settle(write, Math.min(step, movedAt + writeTimeoutMs - Date.now())))) {
-      const now = await queued()
-      if (closedError !== undefined) throw closedError
-      if (now !== undefined && seen !== undefined && now !== seen) movedAt = Date.now()
-      else if (Date.now() - movedAt >= writeTimeoutMs) throw new WriteTimeoutError(`the client read nothing for ${writeTimeoutMs} ms`)
-      seen = now
-    }
-  }
+  /** Waits for a stalled write while the client keeps reading (see whileReading). */
+  const drain = (write: Write): Promise<void> => whileReading(res, whileOpen(write.done), () => write.finished, options)
 
   try {
     for (let pos = start; ;) {
@@ -167,6 +143,103 @@ export async function writeBlob(source: BlobSource, start: number, res: ServerRe
     if (ahead !== undefined) release(ahead)
     // A write that failed or is still pending may hold its buffer: the GC takes it, not the pool.
     if (inflight !== undefined) forget(inflight.chunk)
+  }
+}
+
+/**
+ * Ends res and waits for its last bytes to leave (a chunked body's
+ * terminator can wait behind a full socket too), while the client keeps
+ * reading; rejects with WriteTimeoutError once it has read nothing for
+ * writeTimeoutMs. Resolves also when the client goes away.
+ */
+export async function endBlob(res: ServerResponse, options: SendOptions): Promise<void> {
+  let ended = false
+  const done = new Promise<void>((resolve) => {
+    const end = (): void => {
+      ended = true
+      resolve()
+    }
+    // 'finish' never comes for a client that left after the last byte: 'close' does.
+    res.once('finish', end)
+    res.once('close', end)
+    res.end()
+  })
+  await whileReading(res, done, () => ended, options)
+}
+
+/**
+ * Waits for `done` while the client keeps reading. A slow reader's write can
+ * stay pending for minutes while the kernel sends what it holds (it wakes a
+ * writer only once a third of its buffer has drained), so the kernel's send
+ * queue is looked at every eighth of writeTimeoutMs: once it has not moved
+ * for writeTimeoutMs, the client is taken to have stopped.
+ */
+async function whileReading(res: ServerResponse, done: Promise<unknown>, isDone: () => boolean, options: SendOptions): Promise<void> {
+  const { writeTimeoutMs, sendQueue } = options
+  // The caller awaits what it waits for itself: a rejection after an early return is not unhandled.
+  done.catch(() => undefined)
+  const queued = (): Promise<number | undefined> => sendQueue?.queued(res.socket) ?? Promise.resolve(undefined)
+  const step = Math.max(1, Math.floor(writeTimeoutMs / 8))
+  let seen = isDone() ? undefined : await queued()
+  let movedAt = Date.now()
+  while (!isDone()) {
+    await raceTimer(done, Math.max(1, Math.min(step, movedAt + writeTimeoutMs - Date.now())))
+    if (isDone()) return
+    const now = await queued()
+    if (now !== undefined && seen !== undefined && now !== seen) movedAt = Date.now()
+    else if (Date.now() - movedAt >= writeTimeoutMs) throw new WriteTimeoutError(`the client read nothing for ${writeTimeoutMs} ms`)
+    seen = now
+  }
+}
+
+/**
+ * For a body piped to res by someone else (a storage stream): calls onStopped
+ * once res has waited for the client to drain it (backpressure) and the
+ * client has read nothing for writeTimeoutMs, judged by the socket's send
+ * queue as whileReading does. Returns the function that stops watching;
+ * res closing stops it too.
+ */
+export function watchWrites(res: ServerResponse, options: SendOptions, onStopped: (err: WriteTimeoutError) => void): () => void {
+  const { writeTimeoutMs, sendQueue } = options
+  let movedAt = Date.now()
+  let seen: number | undefined
+  let looking = false
+  const look = async (): Promise<void> => {
+    if (!res.writableNeedDrain) {
+      // Not waiting for the client: it keeps up, or the source is the slow one.
+      movedAt = Date.now()
+      seen = undefined
+      return
+    }
+    const now = await (sendQueue?.queued(res.socket) ?? Promise.resolve(undefined))
+    if (now !== undefined && seen !== undefined && now !== seen) movedAt = Date.now()
+    seen = now
+    if (Date.now() - movedAt >= writeTimeoutMs) {
+      stop()
+      onStopped(new WriteTimeoutError(`the client read nothing for ${writeTimeoutMs} ms`))
+    }
+  }
+  const timer = setInterval(() => {
+    if (looking) return
+    looking = true
+    void look().finally(() => (looking = false))
+  }, Math.max(1, Math.floor(writeTimeoutMs / 8)))
+  timer.unref()
+  const stop = (): void => {
+    clearInterval(timer)
+    res.removeListener('close', stop)
+  }
+  res.once('close', stop)
+  return stop
+}
+
+/** Settles with work, or resolves after ms, whichever comes first; the timer never outlives it. */
+async function raceTimer(work: Promise<unknown>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined
+  try {
+    await Promise.race([work, new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)))])
+  } finally {
+    clearTimeout(timer)
   }
 }
 

@@ -139,6 +139,8 @@ export class UpstreamClient {
     if (challenge.scheme === 'bearer') {
       const realm = challenge.params['realm']
       if (realm === undefined || !URL.canParse(realm)) return false
+      // The realm is where the mirror sends its credentials: the redirect rules apply to it too.
+      if (this.redirects.refusal(new URL(realm)) !== undefined) return false
       this.auth = { scheme: 'bearer', realm, service: challenge.params['service'] ?? '' }
       return true
     }

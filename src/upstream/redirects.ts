@@ -1,4 +1,4 @@
-import { isIP } from 'node:net'
+import ipaddr from 'ipaddr.js'
 import { RegistryError } from '../oci/errors.js'
 
 /**
@@ -23,13 +23,25 @@ export class RedirectRules {
     if (seen.has(next.href)) throw refused(`a redirect loop (back to ${next.origin}${next.pathname})`)
     // An upgrade to TLS is fine; a downgrade from it is not.
     if (from.protocol === 'https:' && next.protocol === 'http:') throw refused(`a redirect from https to http (${next.host})`)
-    const host = next.hostname.toLowerCase().replace(/^\[|\]$/g, '')
-    if (host === this.upstreamHost) return
-    if (this.patterns !== undefined) {
-      if (!this.patterns.some((p) => p.test(host))) throw refused(`a redirect to ${host}, which is not in redirectHosts`)
-      return
-    }
-    if (host === 'localhost' || host.endsWith('.localhost') || isInternalAddress(host)) throw refused(`a redirect to the internal address ${host}`)
+    const problem = this.hostProblem(next)
+    if (problem !== undefined) throw refused(`a redirect to ${problem}`)
+  }
+
+  /**
+   * Whether the upstream may send the mirror to this URL other than by a
+   * redirect (a token realm): undefined when it may, else what is wrong.
+   */
+  refusal(url: URL): string | undefined {
+    if (url.protocol !== 'https:' && url.protocol !== 'http:') return `${url.protocol}`
+    return this.hostProblem(url)
+  }
+
+  private hostProblem(url: URL): string | undefined {
+    const host = url.hostname.toLowerCase().replace(/^\[|\]$/g, '')
+    if (host === this.upstreamHost) return undefined
+    if (this.patterns !== undefined) return this.patterns.some((p) => p.test(host)) ? undefined : `${host}, which is not in redirectHosts`
+    if (host === 'localhost' || host.endsWith('.localhost') || isInternalAddress(host)) return `the internal address ${host}`
+    return undefined
   }
 }
 
@@ -37,19 +49,13 @@ function refused(what: string): RegistryError {
   return new RegistryError('UPSTREAM_ERROR', `upstream sent ${what}; not followed`)
 }
 
-/** Loopback, private, link-local, unique-local, unspecified and CGNAT literals. */
+/**
+ * Any IP literal that is not plain public unicast: loopback, private,
+ * link-local, unique-local, CGNAT, unspecified, multicast, reserved, and
+ * IPv6 forms that carry an IPv4 address (mapped, NAT64, 6to4, Teredo), which
+ * the URL parser writes in hex (`[::ffff:127.0.0.1]` becomes `::ffff:7f00:1`).
+ */
 export function isInternalAddress(host: string): boolean {
-  const kind = isIP(host)
-  if (kind === 4) {
-    const [a = 0, b = 0] = host.split('.').map(Number)
-    return a === 0 || a === 10 || a === 127 || (a === 100 && b >= 64 && b < 128) || (a === 169 && b === 254) || (a === 172 && b >= 16 && b < 32) || (a === 192 && b === 168)
-  }
-  if (kind === 6) {
-    const h = host.toLowerCase()
-    if (h === '::' || h === '::1') return true
-    const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/.exec(h)
-    if (mapped !== null) return isInternalAddress(mapped[1] as string)
-    return /^f[cd]/.test(h) || /^fe[89ab]/.test(h)
-  }
-  return false
+  if (!ipaddr.isValid(host)) return false
+  return ipaddr.process(host).range() !== 'unicast'
 }

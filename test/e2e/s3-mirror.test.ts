@@ -6,6 +6,7 @@ import t, { type Test } from 'tap'
 import { fetchAll, fetchHashed } from '../harness/http.js'
 import { pushBlob, randomBytesFile } from '../harness/images.js'
 import { startMirror, type Mirror } from '../harness/mirror.js'
+import { rawRequest } from '../harness/raw-http.js'
 import { startRegistry, type Registry } from '../harness/registry.js'
 import { freePort, requireTools, sleep, tempDir, waitFor } from '../harness/tools.js'
 import { s3StorageDocument, startS3, type S3Server } from '../storage/s3-helpers.js'
@@ -161,4 +162,26 @@ t.test('S3 unreachable at start-up: a clear error, not ready, then ready once S3
   t.equal(served.digest, digest, 'and serving')
   t.ok(mirror.logs().some((l) => l['msg'] === 'storage reachable: ready'), 'the recovery is logged')
   await sleep(0)
+})
+
+t.test('a cached blob streamed from S3: a reader that stops is dropped after writeTimeout, its slot freed', async (t) => {
+  if (!requireTools(t, 'docker-registry')) return
+  const f = await fixture(t, 'stall/blob')
+  const s3 = await startS3(t)
+  const mirror = await startMirror(t, { config: { ...config(s3, f.throttle, 'stall/'), limits: { writeTimeout: '2s', responses: 1, responseQueue: 0 } } })
+  const path = `/v2/stall/blob/blobs/${f.digest}`
+  t.equal((await fetchHashed(`${mirror.url}${path}`)).digest, f.digest, 'fetched')
+  // The client has its last byte before the upload completes: until then a GET joins the fill.
+  await waitFor(async () => (await metric(mirror, 'stevedore_blob_fills_in_progress')) === 0, 20_000, 'stored on S3')
+  const stopped = rawRequest(mirror.port, path)
+  t.equal((await stopped.head).status, 200)
+  stopped.socket.pause()
+  const pausedAt = Date.now()
+  // Before the fix: no timeout on this path; the slot stayed taken and every other blob GET got 503.
+  await waitFor(async () => (await fetchAll(`${mirror.url}${path}`, { method: 'HEAD' })).status === 200 && (await mirror.settle(), mirror.logs().some((l) => l['msg'] === 'client stopped reading: dropped')), 20_000, 'the stopped reader dropped')
+  t.ok(Date.now() - pausedAt < 15_000, `dropped within ${Date.now() - pausedAt} ms`)
+  stopped.socket.resume()
+  const end = await stopped.closed
+  t.ok(end.body.byteLength < f.size, `cut, without a clean end (${end.body.byteLength} of ${f.size} bytes)`)
+  t.equal((await fetchHashed(`${mirror.url}${path}`)).digest, f.digest, 'the slot is free again')
 })

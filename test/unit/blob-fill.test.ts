@@ -27,7 +27,7 @@ interface Harness {
   ended: Promise<FillFailure | 'ok'>
 }
 
-function makeFill(bytes: Buffer, opts: { size?: number | undefined; acquireSlot?: () => Promise<() => void>; maxDurationMs?: number; digest?: string } = {}): Harness {
+function makeFill(bytes: Buffer, opts: { size?: number | undefined; acquireSlot?: (signal: AbortSignal) => Promise<() => void>; maxDurationMs?: number; digest?: string } = {}): Harness {
   const store = new MemoryStore()
   const body = new PushedBlob('size' in opts ? opts.size : bytes.byteLength)
   let answer!: () => void
@@ -176,10 +176,55 @@ t.test('storage fails mid-fill: the originator still gets every byte verified, j
   t.equal(h.store.blobs.size, 0)
 })
 
+/** Rejects if `work` has not settled within ms: a deadlock fails the test instead of hanging it. */
+function within<T>(work: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: not done after ${ms} ms`)), ms)
+  })
+  return Promise.race([work, late]).finally(() => clearTimeout(timer))
+}
+
+t.test('storage fails mid-fill and the originator asked for a range: it gets the range, wherever it lies past the window', async (t) => {
+  const MiB = 1024 * 1024
+  const bytes = randomBytes(20 * MiB)
+  for (const [start, end] of [[12 * MiB, 13 * MiB], [0, 100_000], [5 * MiB, 19 * MiB]] as const) {
+    const h = makeFill(bytes)
+    h.store.failWritesAfter = MiB
+    h.answer()
+    await h.fill.ready
+    const originator = readAll(new FillReader(h.fill, end, true, start), start)
+    for (let pos = 0; pos < bytes.byteLength; pos += 256 * 1024) {
+      h.body.push(bytes.subarray(pos, pos + 256 * 1024))
+      await tick()
+    }
+    h.body.end()
+    // Before the fix: the fill waited for the originator to take bytes it never would (before its start, after its end).
+    const got = await within(originator, 5000, `range ${start}-${end}`)
+    t.ok(got.equals(bytes.subarray(start, end)), `bytes ${start}-${end - 1}, verified`)
+    t.equal(await h.ended, 'storage')
+    t.equal(h.store.blobs.size, 0, 'nothing stored')
+  }
+})
+
+t.test('a fill aborted while it waits for a slot gives back the slot it is granted later', async (t) => {
+  const slots = new Slots({ what: 'blob fills', key: 'limits.fills', capacity: 1, queue: 5, timeoutMs: 5000 })
+  const held = await slots.acquire()
+  const h = makeFill(randomBytes(10), { acquireSlot: (signal) => slots.acquire('live', signal) })
+  h.answer()
+  await tick()
+  h.fill.abort('shutdown deadline')
+  t.equal(await h.ended, 'shutdown')
+  held()
+  await tick()
+  // Before the fix: the slot went to the aborted fill's wait and was never given back.
+  t.equal(slots.inUse, 0, 'no slot is held')
+})
+
 t.test('waiting for a slot: readers wait; a refused slot fails the fill with the 503', async (t) => {
   const slots = new Slots({ what: 'blob fills', key: 'limits.fills', capacity: 1, queue: 0, timeoutMs: 1000 })
   const held = await slots.acquire()
-  const h = makeFill(randomBytes(10), { acquireSlot: () => slots.acquire() })
+  const h = makeFill(randomBytes(10), { acquireSlot: (signal) => slots.acquire('live', signal) })
   await t.rejects(h.fill.ready, BusyError)
   t.equal(await h.ended, 'busy')
   t.equal(h.store.writersCreated, 0)
@@ -188,7 +233,7 @@ t.test('waiting for a slot: readers wait; a refused slot fails the fill with the
   const slots2 = new Slots({ what: 'blob fills', key: 'limits.fills', capacity: 1, queue: 5, timeoutMs: 5000 })
   const held2 = await slots2.acquire()
   const bytes = randomBytes(1000)
-  const h2 = makeFill(bytes, { acquireSlot: () => slots2.acquire() })
+  const h2 = makeFill(bytes, { acquireSlot: (signal) => slots2.acquire('live', signal) })
   h2.answer()
   await tick()
   t.equal(h2.fill.state, 'waiting', 'still waiting for the slot')

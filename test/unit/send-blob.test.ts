@@ -3,11 +3,12 @@
 // through the BlobSource interface (a FAKE source; files and fills are
 // covered by the e2e tests).
 import { createHash, randomBytes } from 'node:crypto'
+import { EventEmitter } from 'node:events'
 import { createServer, type Server } from 'node:http'
 import { connect, type AddressInfo, type Socket } from 'node:net'
 import t from 'tap'
 import type { BlobSource } from '../../src/cache/blob-source.js'
-import { SendBuffers, WriteTimeoutError, writeBlob } from '../../src/routes/send-blob.js'
+import { SendBuffers, WriteTimeoutError, endBlob, writeBlob } from '../../src/routes/send-blob.js'
 
 const MiB = 1024 * 1024
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
@@ -149,4 +150,16 @@ t.test('a slow client that keeps reading is served to the end, with small buffer
   t.equal(sha(body), sha(bytes))
   t.equal(peakBig, 0, 'never a 1 MiB buffer: it never proved it keeps up')
   t.ok(peakSmall <= 2 * 64 * 1024, `at most two small buffers (${peakSmall / 1024} KiB)`)
+})
+
+t.test('the end of a response is bounded too: a last write that never leaves is a write timeout', async (t) => {
+  // FAKE response whose end() never finishes: a chunked terminator stuck behind a client that stopped reading.
+  const stuck = Object.assign(new EventEmitter(), { socket: null, end: () => undefined })
+  const started = Date.now()
+  await t.rejects(endBlob(stuck as never, { buffers: new SendBuffers(MiB), writeTimeoutMs: 200 }), WriteTimeoutError)
+  t.ok(Date.now() - started >= 190, 'after the write timeout')
+  const finishing = Object.assign(new EventEmitter(), { socket: null, end(this: InstanceType<typeof EventEmitter>) {
+    setTimeout(() => this.emit('finish'), 20)
+  } })
+  await t.resolves(endBlob(finishing as never, { buffers: new SendBuffers(MiB), writeTimeoutMs: 200 }), 'a response that finishes resolves')
 })

@@ -19,7 +19,7 @@ const TCP6 = `  sl  local_address                         remote_address        
    2: 00000000000000000000000001000000:1F90 00000000000000000000000001000000:C352 01 junk 00:00000000
 `
 
-t.test('the table: tx_queue by local port, peer address and port; IPv4, IPv4-mapped and IPv6 alike', async (t) => {
+t.test('the table: tx_queue by both ends\' addresses and ports; IPv4, IPv4-mapped and IPv6 alike', async (t) => {
   if (endianness() !== 'LE') {
     t.pass('these lines were printed by a little-endian kernel')
     return
@@ -27,16 +27,17 @@ t.test('the table: tx_queue by local port, peer address and port; IPv4, IPv4-map
   const table = new Map<string, number>()
   parseTcpTable(TCP, table)
   parseTcpTable(TCP6, table)
-  t.equal(table.get(connectionKey(0xb58d, '127.0.0.1', 0xaa32) as string), 0x3b9a00, 'IPv4 loopback')
-  t.equal(table.get(connectionKey(0x1388, '192.168.1.100', 0xd2f4) as string), 0x400, 'IPv4 peer, bytes in host order')
-  t.equal(table.get(connectionKey(8080, '::ffff:127.0.0.1', 50000) as string), 0x10000, 'an IPv4-mapped peer as node names it')
-  t.equal(table.get(connectionKey(8080, '127.0.0.1', 50000) as string), 0x10000, 'the same connection named as plain IPv4')
-  t.equal(table.get(connectionKey(8080, 'fe80::3:5efe:2%eth0', 50001) as string), 10, 'IPv6 with a zone')
-  t.equal(table.get(connectionKey(8080, 'fe80:0:0:0:0:3:5efe:2', 50001) as string), 10, 'IPv6 written out in full')
-  t.equal(table.get(connectionKey(8080, '::1', 50002) as string), undefined, 'a line with an unreadable queue is skipped')
+  t.equal(table.get(connectionKey('127.0.0.1', 0xb58d, '127.0.0.1', 0xaa32) as string), 0x3b9a00, 'IPv4 loopback')
+  t.equal(table.get(connectionKey('10.0.0.10', 0x1388, '192.168.1.100', 0xd2f4) as string), 0x400, 'IPv4 peer, bytes in host order')
+  t.equal(table.get(connectionKey('::ffff:127.0.0.1', 8080, '::ffff:127.0.0.1', 50000) as string), 0x10000, 'an IPv4-mapped peer as node names it')
+  t.equal(table.get(connectionKey('127.0.0.1', 8080, '127.0.0.1', 50000) as string), 0x10000, 'the same connection named as plain IPv4')
+  t.equal(table.get(connectionKey('fe80::200:ff:5efe:1', 8080, 'fe80::3:5efe:2%eth0', 50001) as string), 10, 'IPv6 with a zone')
+  t.equal(table.get(connectionKey('fe80::200:ff:5efe:1', 8080, 'fe80:0:0:0:0:3:5efe:2', 50001) as string), 10, 'IPv6 written out in full')
+  t.equal(table.get(connectionKey('::1', 8080, '::1', 50002) as string), undefined, 'a line with an unreadable queue is skipped')
   t.equal(table.size, 5, 'the header lines are skipped')
-  t.equal(connectionKey(8080, 'not an address', 1), undefined)
-  t.equal(connectionKey(undefined, '127.0.0.1', 1), undefined)
+  t.equal(table.get(connectionKey('127.0.0.2', 0xb58d, '127.0.0.1', 0xaa32) as string), undefined, 'the same ports on another local address are another connection')
+  t.equal(connectionKey('127.0.0.1', 8080, 'not an address', 1), undefined)
+  t.equal(connectionKey('127.0.0.1', undefined, '127.0.0.1', 1), undefined)
 })
 
 t.test('the probe: a stopped reader\'s queue stays put; it moves once the reader reads', async (t) => {
