@@ -1,4 +1,7 @@
+import type { SecureContextOptions } from 'node:tls'
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify'
+import { requireClientAuth } from './auth/hook.js'
+import type { ClientAuth } from './auth/client-auth.js'
 import { RegistryError } from './oci/errors.js'
 import type { Mirror } from './mirror.js'
 import './routes/context.js'
@@ -7,20 +10,30 @@ import { registerOpsRoutes } from './routes/ops.js'
 import { recordResponse } from './routes/record.js'
 import { registerRegistryRoutes } from './routes/registry.js'
 
-/** Builds the HTTP server around a mirror; never listens. */
-export function buildApp(mirror: Mirror): FastifyInstance {
+export interface AppOptions {
+  /** Client authentication; every client is served without it. */
+  readonly auth?: ClientAuth
+  /** HTTPS: the listener's certificate and key (PEM). */
+  readonly tls?: SecureContextOptions
+}
+
+/** Builds the HTTP(S) server around a mirror; never listens. */
+export function buildApp(mirror: Mirror, options: AppOptions = {}): FastifyInstance {
   const { limits } = mirror.config
+  const server = {
+    headersTimeout: limits.idleTimeoutMs,
+    // How often node checks those deadlines: often enough for the timeout to mean what it says.
+    connectionsCheckingInterval: Math.min(30_000, Math.max(100, Math.floor(limits.idleTimeoutMs / 4))),
+    // checkRequest refuses a missing Host itself, with the spec's error body.
+    requireHostHeader: false,
+  }
+  // fastify hands `http` only to a plain server: an HTTPS one gets the same settings beside its certificate.
+  const listener = options.tls !== undefined ? { https: { ...server, ...options.tls } } : { http: server }
   const app = Fastify({
     // A client that sends nothing (no request, or an idle keep-alive) is closed after limits.idleTimeout.
     keepAliveTimeout: limits.idleTimeoutMs,
     requestTimeout: limits.idleTimeoutMs,
-    http: {
-      headersTimeout: limits.idleTimeoutMs,
-      // How often node checks those deadlines: often enough for the timeout to mean what it says.
-      connectionsCheckingInterval: Math.min(30_000, Math.max(100, Math.floor(limits.idleTimeoutMs / 4))),
-      // checkRequest refuses a missing Host itself, with the spec's error body.
-      requireHostHeader: false,
-    },
+    ...listener,
     loggerInstance: mirror.log as FastifyBaseLogger,
     // One line per request, written in onResponse below, instead of fastify's two.
     logController: new LogController({ disableRequestLogging: true }),
@@ -47,6 +60,8 @@ export function buildApp(mirror: Mirror): FastifyInstance {
     beginRequest(request, reply)
     checkRequest(request)
   })
+
+  if (options.auth !== undefined) requireClientAuth(app, options.auth)
 
   app.addHook('onResponse', async (request, reply) => recordResponse(mirror, request, reply))
 

@@ -1,8 +1,12 @@
 import type { AddressInfo } from 'node:net'
+import type { Server as TlsServer } from 'node:tls'
 import type { FastifyInstance } from 'fastify'
 import { Agent, request } from 'undici'
 import { loadConfig, type LoadOptions } from './config/load.js'
 import { buildApp } from './app.js'
+import { BcryptWorker } from './auth/bcrypt.js'
+import { ClientAuth } from './auth/client-auth.js'
+import { readCertificates, reloadCertificates } from './tls/certificates.js'
 import { createMirror, initStore, type Mirror } from './mirror.js'
 import { createLogger } from './observability/logger.js'
 
@@ -16,13 +20,19 @@ export async function serve(options: LoadOptions): Promise<number> {
   // None is expected (every fault path handles its promises; tests check this line never appears).
   // Should one slip through, one bad request must not take down every node's pulls.
   process.on('unhandledRejection', (err: unknown) => log.error({ err }, 'unhandled rejection'))
+  const bcrypt = new BcryptWorker()
+  const auth = config.auth === undefined ? undefined : new ClientAuth({ htpasswd: config.auth.htpasswd, log, compare: (password, hash) => bcrypt.compare(password, hash) })
+  await auth?.start()
+  const tls = config.tls === undefined ? undefined : await readCertificates(config.tls)
   const mirror = await createMirror(config, log)
   await initStore(mirror)
-  const app = buildApp(mirror)
+  const app = buildApp(mirror, { ...(auth !== undefined ? { auth } : {}), ...(tls !== undefined ? { tls } : {}) })
+  const certificates = config.tls === undefined ? undefined : reloadCertificates(config.tls, (pair) => (app.server as unknown as TlsServer).setSecureContext(pair), log)
   await app.listen({ host: config.listen.host, port: config.listen.port })
-  void warmUp(app.server.address())
+  void warmUp(app.server.address(), tls !== undefined)
   log.info({
-    listen: `${config.listen.host}:${config.listen.port}`,
+    listen: `${tls !== undefined ? 'https' : 'http'}://${config.listen.host}:${config.listen.port}`,
+    clientAuth: auth === undefined ? 'off' : `htpasswd (${auth.userCount} users)`,
     storage: mirror.store.kind,
     upstreams: [...config.upstreams.values()].map((u) => ({ name: u.name, url: u.url.origin, auth: u.username !== undefined ? 'credentials' : 'anonymous' })),
     defaultUpstream: config.defaultUpstream,
@@ -33,7 +43,11 @@ export async function serve(options: LoadOptions): Promise<number> {
     const stop = (signal: NodeJS.Signals): void => {
       if (stopping) return
       stopping = true
-      void shutDown(mirror, app, signal).then(() => resolve(0))
+      auth?.close()
+      certificates?.close()
+      void shutDown(mirror, app, signal)
+        .then(() => bcrypt.close())
+        .then(() => resolve(0))
     }
     process.once('SIGTERM', stop)
     process.once('SIGINT', stop)
@@ -83,12 +97,13 @@ const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout
  * measured here): one request to our own /healthz pays that at start-up,
  * not the first pull after a restart. Best effort; loopback only.
  */
-async function warmUp(address: AddressInfo | string | null): Promise<void> {
+async function warmUp(address: AddressInfo | string | null, https: boolean): Promise<void> {
   if (address === null || typeof address === 'string') return
   const host = address.address === '0.0.0.0' ? '127.0.0.1' : address.address === '::' ? '[::1]' : address.family === 'IPv6' ? `[${address.address}]` : address.address
-  const agent = new Agent({ connect: { timeout: 1000 }, headersTimeout: 1000, bodyTimeout: 1000 })
+  // Our own certificate need not name the loopback address: nothing is sent that needs protecting.
+  const agent = new Agent({ connect: { timeout: 1000, rejectUnauthorized: false }, headersTimeout: 1000, bodyTimeout: 1000 })
   try {
-    const res = await request(`http://${host}:${address.port}/healthz`, { dispatcher: agent, headers: { 'user-agent': 'stevedore-warm-up' } })
+    const res = await request(`${https ? 'https' : 'http'}://${host}:${address.port}/healthz`, { dispatcher: agent, headers: { 'user-agent': 'stevedore-warm-up' } })
     await res.body.dump()
   } catch {
     // Nothing depends on it.

@@ -87,6 +87,17 @@ const Log = Type.Object({
   level: OneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], { default: 'info' }),
 }, { additionalProperties: false, default: {} })
 
+// Client authentication: off unless configured.
+const Auth = Type.Object({
+  htpasswd: Text(),
+}, { additionalProperties: false })
+
+// HTTPS on the listener: off unless configured.
+const Tls = Type.Object({
+  cert: Text(),
+  key: Text(),
+}, { additionalProperties: false })
+
 /** The whole configuration document. */
 export const ConfigSchema = Type.Transform(Type.Object({
   listen: Listen({ default: '0.0.0.0:5000' }),
@@ -97,6 +108,8 @@ export const ConfigSchema = Type.Transform(Type.Object({
   cache: Cache,
   timeouts: Timeouts,
   limits: Limits,
+  auth: Type.Optional(Auth),
+  tls: Type.Optional(Tls),
   log: Log,
 }, { additionalProperties: false, problem: 'the config file must be a YAML mapping' })).Decode(({ log, ...c }) => {
   if (c.defaultUpstream !== undefined && !c.upstreams.has(c.defaultUpstream)) {
