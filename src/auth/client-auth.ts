@@ -2,6 +2,7 @@ import { createHmac, randomBytes } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import { LRUCache } from 'lru-cache'
 import type { Logger } from 'pino'
+import { ConfigError } from '../config/errors.js'
 import { SingleFlight } from '../lib/single-flight.js'
 import { parseHtpasswd } from './htpasswd.js'
 import { watchFiles, type FileWatch } from '../lib/file-watch.js'
@@ -58,7 +59,7 @@ export class ClientAuth {
     try {
       await this.load()
     } catch (err) {
-      throw new Error(`auth.htpasswd: ${this.options.htpasswd}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`, { cause: err })
+      throw new ConfigError('auth.htpasswd', `${this.options.htpasswd}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`)
     }
     this.watch = watchFiles([this.options.htpasswd], () => void this.reload(), this.options.pollMs)
   }

@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises'
 import { createSecureContext } from 'node:tls'
 import type { Logger } from 'pino'
+import { ConfigError } from '../config/errors.js'
 import { watchFiles, type FileWatch } from '../lib/file-watch.js'
 
 export interface TlsFiles {
@@ -19,7 +20,7 @@ export async function readCertificates(files: TlsFiles): Promise<Certificates> {
     try {
       return await readFile(path, 'utf8')
     } catch (err) {
-      throw new Error(`tls.${what}: ${path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`, { cause: err })
+      throw new ConfigError(`tls.${what}`, `${path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`)
     }
   }
   const pair = { cert: await read('cert', files.cert), key: await read('key', files.key) }
@@ -27,7 +28,7 @@ export async function readCertificates(files: TlsFiles): Promise<Certificates> {
     // Fails on a key that is not the certificate's, or PEM that is not PEM.
     createSecureContext(pair)
   } catch (err) {
-    throw new Error(`tls: ${files.cert} and ${files.key} are not a certificate and its key: ${(err as Error).message}`, { cause: err })
+    throw new ConfigError('tls', `${files.cert} and ${files.key} are not a certificate and its key: ${(err as Error).message}`)
   }
   return pair
 }

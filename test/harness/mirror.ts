@@ -1,6 +1,6 @@
 // Starts the Stevedore mirror as a real process:
 //   node dist/cli.js serve --config FILE --listen 127.0.0.1:PORT
-// (build first: `npm run build`). Ready when GET /v2/ answers 200.
+// (build first: `npm run build`). Ready when GET /v2/ answers 200 (401 with client auth).
 import { existsSync } from 'node:fs'
 import { writeFile } from 'node:fs/promises'
 import { dirname, join, resolve } from 'node:path'
@@ -22,6 +22,8 @@ export interface MirrorOptions {
   cli?: string
   /** readiness timeout, default 15 s */
   startTimeoutMs?: number
+  /** the mirror listens with TLS (config `tls`): its url is https, trusted through this CA (PEM) */
+  ca?: string
 }
 
 export interface Mirror {
@@ -76,7 +78,7 @@ export async function startMirror(t: Test, opts: MirrorOptions): Promise<Mirror>
   const stdoutFile = join(dir, 'stdout.log')
   const stderrFile = join(dir, 'stderr.log')
   await writeFile(configPath, stringify(opts.config))
-  const url = `http://127.0.0.1:${port}`
+  const url = `${opts.ca !== undefined ? 'https' : 'http'}://127.0.0.1:${port}`
   const env = cleanEnv(opts.env)
   const nodeOptionsArg = opts.env?.NODE_OPTIONS ? [`NODE_OPTIONS=${opts.env.NODE_OPTIONS}`] : []
 
@@ -104,7 +106,8 @@ export async function startMirror(t: Test, opts: MirrorOptions): Promise<Mirror>
       ? spawnService('env', ['-u', 'NODE_OPTIONS', ...nodeOptionsArg, process.execPath, ...args], { cwd: REPO_ROOT, env, stdoutFile, stderrFile })
       : spawnService(process.execPath, args, { cwd: REPO_ROOT, env, stdoutFile, stderrFile })
     svc = s
-    await waitReady(s, () => httpAnswers(`${url}/v2/`, [200]), opts.startTimeoutMs ?? 15_000, `mirror on ${port}`, stderrFile).catch(async (err: unknown) => {
+    // 401: the mirror asks for client credentials (auth.htpasswd), so it is up.
+    await waitReady(s, () => httpAnswers(`${url}/v2/`, [200, 401], opts.ca), opts.startTimeoutMs ?? 15_000, `mirror on ${port}`, stderrFile).catch(async (err: unknown) => {
       await stopService(s, 'SIGKILL', 1000)
       throw err
     })
