@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { lstat, mkdir, open, readdir, readFile, rename, rmdir, unlink } from 'node:fs/promises'
 import { join } from 'node:path'
-import { alternateHostDirName, HOSTS_FILE, hostDirName, isMarked, renderHostsToml } from './toml.js'
+import { alternateHostDirName, CA_FILE, HOSTS_FILE, hostDirName, isMarked, renderCaFile, renderHostsToml } from './toml.js'
 import type { UpstreamTarget } from './upstreams.js'
 
 export type HostsAction = 'written' | 'unchanged' | 'skipped' | 'removed' | 'absent' | 'error' | 'would write' | 'would remove'
@@ -27,6 +27,10 @@ export interface ApplyOptions {
   readonly dryRun: boolean
   /** Also remove Stevedore's files for registries not in `targets` (they are no longer upstreams). */
   readonly prune: boolean
+  /** The Authorization header for the mirror; the file holding it is then readable by root only. */
+  readonly authorization?: string
+  /** PEM of the CA the mirror's certificate is trusted through: copied beside each hosts.toml. */
+  readonly caPem?: string
 }
 
 export interface RemoveOptions {
@@ -63,7 +67,7 @@ async function inspectFile(file: string): Promise<Existing> {
 /** Files in a registry folder other than hosts.toml: the legacy layout (certificates), which containerd reads only when there is no hosts.toml. */
 async function otherFiles(folder: string): Promise<string[]> {
   try {
-    return (await readdir(folder)).filter((n) => n !== HOSTS_FILE && !n.startsWith('.hosts.toml.'))
+    return (await readdir(folder)).filter((n) => n !== HOSTS_FILE && n !== CA_FILE && !n.startsWith('.hosts.toml.'))
   } catch (err) {
     if (errorCode(err) === 'ENOENT') return []
     throw err
@@ -71,10 +75,10 @@ async function otherFiles(folder: string): Promise<string[]> {
 }
 
 /** Writes through a temp file in the same folder and a rename, so containerd never reads half a file. */
-async function writeAtomically(file: string, folder: string, content: string): Promise<void> {
+async function writeAtomically(file: string, folder: string, content: string, mode = 0o644): Promise<void> {
   await mkdir(folder, { recursive: true, mode: 0o755 })
   const tmp = join(folder, `.hosts.toml.${process.pid}.${randomBytes(4).toString('hex')}.tmp`)
-  const handle = await open(tmp, 'wx', 0o644)
+  const handle = await open(tmp, 'wx', mode)
   try {
     await handle.writeFile(content, 'utf8')
     await handle.sync()
@@ -87,6 +91,12 @@ async function writeAtomically(file: string, folder: string, content: string): P
     await unlink(tmp).catch(() => undefined)
     throw err
   }
+}
+
+/** Removes the CA file Stevedore wrote beside a hosts.toml, if there is one. */
+async function removeOurCa(folder: string): Promise<void> {
+  const file = join(folder, CA_FILE)
+  if ((await inspectFile(file)).kind === 'marked') await unlink(file)
 }
 
 /** Removes a folder if it is empty now; a folder that holds anything else stays. */
@@ -135,14 +145,29 @@ export async function applyHosts(options: ApplyOptions): Promise<HostsReport[]> 
       const { folder, existing } = await chooseFolder(options.dir, registry)
       path = join(folder, HOSTS_FILE)
       used.add(folder)
-      const content = renderHostsToml({ registry, server: target.url, mirror: options.mirror, dialTimeout: options.dialTimeout })
-      if (existing.kind === 'marked' && existing.text === content) {
+      const caPath = join(folder, CA_FILE)
+      const caContent = options.caPem !== undefined ? renderCaFile(options.caPem) : undefined
+      const caExisting = caContent !== undefined ? await inspectFile(caPath) : undefined
+      const content = renderHostsToml({
+        registry,
+        server: target.url,
+        mirror: options.mirror,
+        dialTimeout: options.dialTimeout,
+        ...(options.authorization !== undefined ? { authorization: options.authorization } : {}),
+        ...(caContent !== undefined ? { ca: caPath } : {}),
+      })
+      const caCurrent = caContent === undefined || (caExisting?.kind === 'marked' && caExisting.text === caContent)
+      if (existing.kind === 'marked' && existing.text === content && caCurrent) {
         reports.push({ action: 'unchanged', registry, path })
         continue
       }
       if (!options.force) {
         if (existing.kind === 'foreign') {
           reports.push({ action: 'skipped', registry, path, reason: `not written by stevedore (${existing.why}); left untouched, --force replaces it` })
+          continue
+        }
+        if (caExisting?.kind === 'foreign') {
+          reports.push({ action: 'skipped', registry, path: caPath, reason: `not written by stevedore (${caExisting.why}); left untouched, --force replaces it` })
           continue
         }
         if (existing.kind === 'none') {
@@ -159,10 +184,17 @@ export async function applyHosts(options: ApplyOptions): Promise<HostsReport[]> 
         }
       }
       if (options.dryRun) {
-        reports.push({ action: 'would write', registry, path, content })
+        if (caContent !== undefined && !caCurrent) reports.push({ action: 'would write', registry, path: caPath, content: caContent })
+        reports.push({ action: 'would write', registry, path, content: options.authorization !== undefined ? content.replace(options.authorization, 'Basic <from --auth-file>') : content })
         continue
       }
-      await writeAtomically(path, folder, content)
+      // The CA first: a hosts.toml must never name a file that is not there yet.
+      if (caContent !== undefined && !caCurrent) {
+        await writeAtomically(caPath, folder, caContent)
+        reports.push({ action: 'written', registry, path: caPath })
+      }
+      // It holds a credential: root only, as containerd runs.
+      await writeAtomically(path, folder, content, options.authorization !== undefined ? 0o600 : 0o644)
       reports.push({ action: 'written', registry, path })
     } catch (err) {
       reports.push({ action: 'error', registry, path, reason: errorText(err) })
@@ -181,6 +213,7 @@ export async function applyHosts(options: ApplyOptions): Promise<HostsReport[]> 
             continue
           }
           await unlink(path)
+          await removeOurCa(folder)
           await removeFolderIfEmpty(folder)
           reports.push({ action: 'removed', path, reason: 'no longer an upstream in the config' })
         } catch (err) {
@@ -228,6 +261,7 @@ export async function removeHosts(options: RemoveOptions): Promise<HostsReport[]
         continue
       }
       await unlink(path)
+      await removeOurCa(folder)
       await removeFolderIfEmpty(folder)
       reports.push({ ...base, action: 'removed' })
     } catch (err) {

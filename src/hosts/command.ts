@@ -1,3 +1,5 @@
+import { X509Certificate } from 'node:crypto'
+import { readFile } from 'node:fs/promises'
 import { parseArgs } from 'node:util'
 import { ConfigError } from '../config/schema.js'
 import { parseDuration } from '../config/units.js'
@@ -22,6 +24,10 @@ the registry itself when the mirror fails.
   --watch               re-apply every minute until SIGTERM (the node DaemonSet)
   --remove-on-exit      with --watch: delete Stevedore's files when stopped
   --dial-timeout DUR    containerd 2.1+ gives up connecting to the mirror after DUR (default 2s)
+  --auth-file FILE      the mirror asks for credentials (auth.htpasswd): FILE holds user:password;
+                        containerd sends them to the mirror only (hosts.toml becomes mode 0600)
+  --ca FILE             the mirror's CA (PEM, with an https:// --mirror): copied to DIR/<host>/ and
+                        trusted for the mirror only; mount DIR at the same path as on the node
   --help                this text
 
 Exit status: 0 done (skipped foreign files included), 1 a file or the config
@@ -61,6 +67,8 @@ interface Parsed {
   readonly removeOnExit: boolean
   readonly intervalMs: number
   readonly dialTimeout: string
+  readonly authFile?: string
+  readonly caFile?: string
 }
 
 function parse(args: string[]): Parsed | 'help' {
@@ -79,6 +87,8 @@ function parse(args: string[]): Parsed | 'help' {
       // Not in the usage text: tests and impatient operators shorten the one-minute period.
       interval: { type: 'string' },
       'dial-timeout': { type: 'string' },
+      'auth-file': { type: 'string' },
+      ca: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -107,6 +117,7 @@ function parse(args: string[]): Parsed | 'help' {
   }
   const dialTimeout = values['dial-timeout'] ?? '2s'
   if (!GO_DURATION.test(dialTimeout)) throw new UsageError(`--dial-timeout: must be a duration such as 2s or 500ms (got ${JSON.stringify(dialTimeout)})`)
+  if (values.ca !== undefined && mirror?.protocol !== 'https:') throw new UsageError('--ca goes with an https:// --mirror (containerd verifies nothing over http)')
   const registries = values.registry?.flatMap((r) => r.split(',')).map((r) => r.trim()).filter((r) => r !== '')
   return {
     ...(mirror !== undefined ? { mirror } : {}),
@@ -120,7 +131,37 @@ function parse(args: string[]): Parsed | 'help' {
     removeOnExit,
     intervalMs,
     dialTimeout,
+    ...(values['auth-file'] !== undefined ? { authFile: values['auth-file'] } : {}),
+    ...(values.ca !== undefined ? { caFile: values.ca } : {}),
   }
+}
+
+/** The Authorization header from an --auth-file holding `user:password` (re-read every round: Secrets rotate). */
+async function readAuthorization(file: string): Promise<string> {
+  let text: string
+  try {
+    text = (await readFile(file, 'utf8')).trim()
+  } catch (err) {
+    throw new ConfigError('--auth-file', `${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`)
+  }
+  if (!/^[^:\s]+:\S.*$/.test(text) || text.includes('\n')) throw new ConfigError('--auth-file', `${file}: must hold one line, user:password`)
+  return `Basic ${Buffer.from(text).toString('base64')}`
+}
+
+/** The PEM of a --ca file, checked to be a certificate. */
+async function readCa(file: string): Promise<string> {
+  let pem: string
+  try {
+    pem = await readFile(file, 'utf8')
+  } catch (err) {
+    throw new ConfigError('--ca', `${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`)
+  }
+  try {
+    new X509Certificate(pem)
+  } catch {
+    throw new ConfigError('--ca', `${file}: not a PEM certificate`)
+  }
+  return pem
 }
 
 export function formatReport(r: HostsReport): string {
@@ -147,7 +188,11 @@ function selectTargets(all: UpstreamTarget[], registries: readonly string[] | un
 
 async function applyOnce(p: Parsed, io: HostsIo): Promise<HostsReport[]> {
   const all = await loadUpstreamTargets(p.config, io.env)
+  const authorization = p.authFile !== undefined ? await readAuthorization(p.authFile) : undefined
+  const caPem = p.caFile !== undefined ? await readCa(p.caFile) : undefined
   return applyHosts({
+    ...(authorization !== undefined ? { authorization } : {}),
+    ...(caPem !== undefined ? { caPem } : {}),
     dir: p.dir,
     mirror: p.mirror as URL,
     targets: selectTargets(all, p.registries),

@@ -71,18 +71,33 @@ export interface HostsFileSpec {
   readonly mirror: URL
   /** containerd 2.1+ honours it; 1.x ignores it. */
   readonly dialTimeout: string
+  /** The Authorization header containerd sends the mirror (client authentication). */
+  readonly authorization?: string
+  /** The CA file containerd trusts the mirror's certificate through, as a path on the node. */
+  readonly ca?: string
 }
 
 /** The bytes of one hosts.toml. Deterministic: the same input gives the same file. */
 export function renderHostsToml(spec: HostsFileSpec): string {
+  const host = `host.${tomlString(spec.mirror.origin)}`
   return [
     MARK_LINE,
     `# ${spec.registry}: pull through the Stevedore mirror; when it fails, containerd goes to the registry itself.`,
     `server = ${tomlString(spec.server.origin)}`,
     '',
-    `[host.${tomlString(spec.mirror.origin)}]`,
+    `[${host}]`,
     '  capabilities = ["pull", "resolve"]',
     `  dial_timeout = ${tomlString(spec.dialTimeout)}`,
+    ...(spec.ca !== undefined ? [`  ca = ${tomlString(spec.ca)}`] : []),
+    // containerd sends these headers to this host only, never to the fallback server.
+    ...(spec.authorization !== undefined ? ['', `  [${host}.header]`, `    authorization = ${tomlString(spec.authorization)}`] : []),
     '',
   ].join('\n')
+}
+
+/** The CA file Stevedore writes beside a hosts.toml. PEM readers skip the mark line before the first certificate. */
+export const CA_FILE = 'stevedore-ca.crt'
+
+export function renderCaFile(pem: string): string {
+  return `${MARK_LINE}\n${pem.endsWith('\n') ? pem : `${pem}\n`}`
 }

@@ -11,6 +11,7 @@ import { cleanEnv, REPO_ROOT, startMirror } from '../harness/mirror.js'
 import { startRegistry } from '../harness/registry.js'
 import { requireTools, run, tempDir } from '../harness/tools.js'
 import { snapshot } from '../harness/files.js'
+import { makeCa, makeServerCert } from '../harness/tls-certs.js'
 
 const CLI = join(REPO_ROOT, 'dist', 'cli.js')
 
@@ -118,4 +119,51 @@ t.test('the watch loop ends cleanly on SIGTERM, removing its files with --remove
   t.equal(await exited, 0, `exit status 0 on SIGTERM${out.includes('stopped') ? '' : `: ${out}`}`)
   t.same(await readdir(certs), [], 'its files are gone')
   t.match(out, /stopped; removed/)
+})
+
+t.test('containerd pulls through a TLS mirror that asks for credentials, with the CA and the header from stevedore hosts only', async (t) => {
+  if (!requireTools(t, 'containerd', 'ctr', 'docker-registry', 'openssl', 'htpasswd')) return
+  const work = await tempDir(t, 'stevedore-hosts-auth-tls')
+  const registry = await startRegistry(t)
+  const image = await buildImage(join(work, 'image'), { layers: [200_000] })
+  await pushImage(registry, 'library/locked', '1', image)
+
+  // The node agent's Secret: the CA and user:password; the mirror's: its certificate and htpasswd.
+  const ca = await makeCa(join(work, 'ca'), 'stevedore test CA')
+  const cert = await makeServerCert(join(work, 'tls'), ca)
+  const htpasswd = join(work, 'htpasswd')
+  await run('htpasswd', ['-B', '-b', '-c', htpasswd, 'node-agent', 'pull-through'])
+  const authFile = join(work, 'node-auth')
+  await writeFile(authFile, 'node-agent:pull-through\n')
+  const mirror = await startMirror(t, {
+    config: {
+      storage: { filesystem: { root: join(work, 'cache') } },
+      upstreams: { [registry.host]: { url: registry.url } },
+      auth: { htpasswd },
+      tls: { cert: cert.certPath, key: cert.keyPath },
+    },
+    ca: await readFile(ca.certPath, 'utf8'),
+  })
+
+  const certs = join(work, 'certs.d')
+  const written = await stevedoreHosts(['--mirror', mirror.url, '--dir', certs, '--config', mirror.configPath, '--auth-file', authFile, '--ca', ca.certPath])
+  t.equal(written.code, 0, `stevedore hosts${written.code === 0 ? '' : `: ${written.stderr}`}`)
+  const containerd = await startContainerd(t)
+  const ref = `${registry.host}/library/locked:1`
+  registry.resetRequests()
+  const pulled = await containerd.pull(ref, { hostsDir: certs })
+  t.equal(pulled.code, 0, `pull through the mirror${pulled.code === 0 ? '' : `: ${pulled.stderr}`}`)
+  t.same(registry.requests().filter((r) => r.userAgent.startsWith('containerd')), [], 'containerd never went to the registry itself: it trusted the mirror and was let in')
+  await mirror.settle()
+  const served = mirror.logs().filter((l) => JSON.stringify(l).includes('/v2/library/locked/') && JSON.stringify(l).includes('containerd/'))
+  t.ok(served.some((l) => JSON.stringify(l).includes(image.layers[0]?.digest ?? 'none') && JSON.stringify(l).includes('200')), 'the mirror served the layer to containerd')
+
+  // Without the header, the mirror refuses containerd, which then goes to the registry itself.
+  const plain = join(work, 'certs-plain.d')
+  t.equal((await stevedoreHosts(['--mirror', mirror.url, '--dir', plain, '--config', mirror.configPath, '--ca', ca.certPath])).code, 0)
+  await containerd.clean()
+  registry.resetRequests()
+  const fellBack = await containerd.pull(ref, { hostsDir: plain })
+  t.equal(fellBack.code, 0, 'the pull still works')
+  t.ok(registry.requests().some((r) => r.userAgent.startsWith('containerd') && r.path.includes('/manifests/')), 'through the registry itself')
 })
