@@ -1,5 +1,6 @@
 // The soak's workloads, each a loop until the deadline, and the tally they
 // keep: every request's outcome, every fault injected and what the client saw.
+import { rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Containerd } from '../test/harness/containerd.js'
 import type { FaultProxy } from '../test/harness/fault-proxy.js'
@@ -66,6 +67,8 @@ export async function containerdPulls(rig: SoakRig): Promise<void> {
   for (let n = 0; Date.now() < rig.deadline; n++) {
     const image = await buildImage(join(rig.work, `img-${n}`), { layers: rig.quick ? [1 * MB, 256 * 1024] : [8 * MB, 2 * MB, 512 * 1024] })
     await pushImage(rig.registry, 'soak/app', `v${n}`, image)
+    // The registry has it now; 30 minutes of images would fill the disk.
+    await rm(join(rig.work, `img-${n}`), { recursive: true, force: true })
     for (const [name, hostsDir] of [['plain', rig.hostsOpen], ['locked', rig.hostsLocked]] as const) {
       for (const temperature of ['cold', 'warm']) {
         await rig.containerd.clean()
@@ -90,6 +93,7 @@ export async function blobGets(rig: SoakRig): Promise<void> {
         else if (got.status === 200 && got.error === undefined) rig.tally.add('blob GET, verified')
         else if (mirror === rig.open && rig.restarting) rig.tally.add('deliberate: cut by a restart')
         else if (got.status === 200) rig.tally.problem(`blob ${digest.slice(7, 19)} cut: ${String(got.error)}`)
+        else if (got.status < 500) rig.tally.problem(`blob GET ${digest.slice(7, 19)} through the ${mirror === rig.open ? 'plain' : 'locked'} mirror: ${got.status}`)
       } catch (err) {
         if (mirror === rig.open && rig.restarting) rig.tally.add('deliberate: refused during a restart')
         else rig.tally.problem(`blob GET: ${String(err)}`)
@@ -135,7 +139,8 @@ export async function stoppedReaders(rig: SoakRig, writeTimeoutMs: number, bigSi
   while (Date.now() < rig.deadline) {
     const reader = rawRequest(rig.locked.port, `/v2/soak/blob/blobs/${rig.big}`, { headers: { authorization: rig.authorization } })
     try {
-      await reader.head
+      const head = await reader.head
+      if (head.status !== 200) throw new Error(`status ${head.status}`)
       while (reader.bodyBytes() < MB) await sleep(10)
       reader.socket.pause()
       // The kernel's buffers fill, the write stalls, then writeTimeout (and an eighth more) passes.
@@ -159,6 +164,7 @@ export async function upstreamFaults(rig: SoakRig): Promise<void> {
     const path = join(rig.work, `fault-blob-${n}`)
     const digest = await randomBytesFile(path, rig.quick ? 3 * MB : 12 * MB)
     await pushBlob(rig.registry, 'soak/faulty', path, digest)
+    await rm(path, { force: true })
     const url = `${rig.locked.url}/v2/soak/faulty/blobs/${digest}?ns=${encodeURIComponent(rig.faults.host)}`
     const headers = { authorization: rig.authorization }
     if (n % 2 === 0) {

@@ -80,6 +80,10 @@ const median = (xs: number[]): number => {
 async function main(): Promise<number> {
   for (const tool of ['docker-registry', 'containerd', 'ctr', 'curl', 'htpasswd']) if (which(tool) === null) throw new Error(`soak: ${tool} is needed`)
   const scope = new Scope()
+  // Stopped early: everything it started is stopped too, by pid, through the scope.
+  const stop = (): void => void scope.close().finally(() => process.exit(130))
+  process.once('SIGINT', stop)
+  process.once('SIGTERM', stop)
   const tally = new Tally()
   const work = await makeTemp('stevedore-soak')
   scope.teardown(() => removeDir(work))
@@ -152,6 +156,12 @@ async function main(): Promise<number> {
     tally.add('deliberate: containerd manifest requests that fell back to the registry itself', direct)
     const servedLocked = locked.logs().filter((l) => String(l['ua']).startsWith('containerd/') && String(l['path']).includes('/manifests/') && l['status'] === 200).length
     tally.add('containerd manifest requests the locked mirror let in and served', servedLocked)
+    // A pull that fell back to the registry would pass too: each pull through the locked mirror must show there.
+    const lockedPulls = [...tally.counts].filter(([k]) => k.startsWith('containerd pull through the locked')).reduce((n, [, v]) => n + v, 0)
+    if (servedLocked < lockedPulls) tally.problem(`the locked mirror served containerd ${servedLocked} manifests for ${lockedPulls} pulls: some went to the registry itself`)
+    const refusedContainerd = locked.logs().filter((l) => String(l['ua']).startsWith('containerd/') && l['status'] === 401).length
+    if (refusedContainerd > 0) tally.problem(`the locked mirror refused containerd ${refusedContainerd} times`)
+    if (hashed === 0) tally.problem('no cached blob to re-hash')
     const crashes = [open, locked].flatMap((m: Mirror) => m.logs().filter((l) => l['msg'] === 'unhandled rejection'))
     if (crashes.length > 0) tally.problem(`${crashes.length} unhandled rejections logged`)
     if (locked.exitStatus() !== null) tally.problem(`the locked mirror exited: ${JSON.stringify(locked.exitStatus())}`)

@@ -28,7 +28,8 @@ export function buildApp(mirror: Mirror, options: AppOptions = {}): FastifyInsta
     requireHostHeader: false,
   }
   // fastify hands `http` only to a plain server: an HTTPS one gets the same settings beside its certificate.
-  const listener = options.tls !== undefined ? { https: { ...server, ...options.tls } } : { http: server }
+  // A TLS handshake never finished holds a connection too: it gets the idle bound (node's default is 120 s).
+  const listener = options.tls !== undefined ? { https: { ...server, ...options.tls, handshakeTimeout: limits.idleTimeoutMs } } : { http: server }
   const app = Fastify({
     // A client that sends nothing (no request, or an idle keep-alive) is closed after limits.idleTimeout.
     keepAliveTimeout: limits.idleTimeoutMs,

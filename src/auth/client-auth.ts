@@ -25,8 +25,7 @@ export interface ClientAuthOptions {
   readonly pollMs?: number
 }
 
-// A hash of a password nobody has, compared for unknown users too, so that
-// an unknown user and a wrong password cost the same time.
+// Compared for an unknown user when the file has no entries to stand in.
 const DUMMY_HASH = '$2b$10$cY2I09ytE6fE0Y7D0IuMjO0qdRTDc6mjeLIT/daH4HMXb6/Lzzdna'
 
 /**
@@ -46,6 +45,9 @@ export class ClientAuth {
   private readonly windowMs: number
   private watch: FileWatch | undefined
   private generation = 0
+  private reads = 0
+  private applied = 0
+  private standIn = DUMMY_HASH
 
   constructor(private readonly options: ClientAuthOptions) {
     this.verified = new LRUCache({ max: 10_000, ttl: options.verifiedTtlMs ?? 60_000 })
@@ -86,25 +88,37 @@ export class ClientAuth {
   }
 
   private async verify(key: string, authorization: string, address: string): Promise<AuthOutcome> {
+    // Counted before hashing, so that attempts sent at once count too; given back if it matches.
+    const attempts = this.countAttempt(address)
     const generation = this.generation
     const credentials = parseBasic(authorization)
-    const hash = credentials === undefined ? undefined : this.users.get(credentials.user)
-    const match = await this.options.compare(credentials?.password ?? '', hash ?? DUMMY_HASH)
-    if (match && hash !== undefined && credentials !== undefined) {
-      // Verified against a file that has since changed: not remembered.
-      if (generation === this.generation) this.verified.set(key, credentials.user)
-      return { kind: 'ok', user: credentials.user }
-    }
-    const failures = this.failed.get(address, { allowStale: false })
-    if (failures === undefined) this.failed.set(address, { count: 1, since: Date.now() })
-    else failures.count++
-    return { kind: 'denied' }
+    if (credentials === undefined) return { kind: 'denied' }
+    const hash = this.users.get(credentials.user)
+    // An unknown user is hashed against a real entry (so it costs what a wrong password does); a match there means nothing.
+    const match = await this.options.compare(credentials.password, hash ?? this.standIn)
+    if (!match || hash === undefined) return { kind: 'denied' }
+    attempts.count = Math.max(0, attempts.count - 1)
+    // Verified against a file that has since changed: not remembered.
+    if (generation === this.generation) this.verified.set(key, credentials.user)
+    return { kind: 'ok', user: credentials.user }
+  }
+
+  private countAttempt(address: string): { count: number; since: number } {
+    let attempts = this.failed.get(address)
+    if (attempts === undefined) this.failed.set(address, (attempts = { count: 0, since: Date.now() }))
+    attempts.count++
+    return attempts
   }
 
   private async load(): Promise<void> {
+    const reading = ++this.reads
     const { users, skipped } = parseHtpasswd(await readFile(this.options.htpasswd, 'utf8'))
+    // Two reloads that overlap: the later read wins, whichever finishes last.
+    if (reading < this.applied) return
+    this.applied = reading
     for (const s of skipped) this.options.log.warn({ file: this.options.htpasswd, line: s.line }, `htpasswd: line skipped: ${s.why}`)
     this.users = users
+    this.standIn = highestCost(users) ?? DUMMY_HASH
     this.generation++
     this.verified.clear()
   }
@@ -118,6 +132,13 @@ export class ClientAuth {
       this.options.log.warn({ err, file: this.options.htpasswd }, 'htpasswd could not be read: keeping the users loaded before')
     }
   }
+}
+
+/** The entry with the highest bcrypt cost: what an unknown user is hashed against, so it takes as long as a known one. */
+function highestCost(users: ReadonlyMap<string, string>): string | undefined {
+  let best: string | undefined
+  for (const hash of users.values()) if (best === undefined || hash.slice(4, 6) > best.slice(4, 6)) best = hash
+  return best
 }
 
 function parseBasic(header: string): { user: string; password: string } | undefined {

@@ -154,7 +154,8 @@ export async function applyHosts(options: ApplyOptions): Promise<HostsReport[]> 
         mirror: options.mirror,
         dialTimeout: options.dialTimeout,
         ...(options.authorization !== undefined ? { authorization: options.authorization } : {}),
-        ...(caContent !== undefined ? { ca: caPath } : {}),
+        // Relative: containerd reads it from the hosts.toml's own folder, wherever the node mounts it.
+        ...(caContent !== undefined ? { ca: CA_FILE } : {}),
       })
       const caCurrent = caContent === undefined || (caExisting?.kind === 'marked' && caExisting.text === caContent)
       if (existing.kind === 'marked' && existing.text === content && caCurrent) {

@@ -27,7 +27,7 @@ the registry itself when the mirror fails.
   --auth-file FILE      the mirror asks for credentials (auth.htpasswd): FILE holds user:password;
                         containerd sends them to the mirror only (hosts.toml becomes mode 0600)
   --ca FILE             the mirror's CA (PEM, with an https:// --mirror): copied to DIR/<host>/ and
-                        trusted for the mirror only; mount DIR at the same path as on the node
+                        trusted for the mirror only
   --help                this text
 
 Exit status: 0 done (skipped foreign files included), 1 a file or the config
@@ -282,6 +282,9 @@ export async function runHostsCommand(args: string[], io: HostsIo = defaultIo): 
   if (p === 'help') {
     io.stdout(HOSTS_USAGE)
     return 0
+  }
+  if (p.authFile !== undefined && p.mirror?.protocol === 'http:') {
+    io.stderr('stevedore hosts: warning: --auth-file with an http:// mirror: containerd sends the credentials unencrypted\n')
   }
   try {
     if (p.remove) {

@@ -41,12 +41,11 @@ export async function readCertificates(files: TlsFiles): Promise<Certificates> {
  */
 export function reloadCertificates(files: TlsFiles, use: (pair: Certificates) => void, log: Logger, pollMs?: number): FileWatch {
   return watchFiles([files.cert, files.key], () => {
-    readCertificates(files).then(
-      (pair) => {
+    readCertificates(files)
+      .then((pair) => {
         use(pair)
         log.info({ cert: files.cert }, 'tls: certificate reloaded')
-      },
-      (err: unknown) => log.warn({ err }, 'tls: certificate change not loaded: keeping the one in use'),
-    )
+      })
+      .catch((err: unknown) => log.warn({ err }, 'tls: certificate change not loaded: keeping the one in use'))
   }, pollMs)
 }

@@ -86,3 +86,25 @@ t.test('start-up names the key when the file cannot be read', async (t) => {
   const auth = new ClientAuth({ htpasswd: '/nonexistent/htpasswd', log, compare: async () => false })
   await t.rejects(auth.start(), /config: auth\.htpasswd: \/nonexistent\/htpasswd: ENOENT/)
 })
+
+t.test('attempts sent at once count before hashing: at most the limit is hashed; unknown users cost a real entry\'s hash', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'stevedore-auth-'))
+  const file = join(dir, 'htpasswd')
+  const cheap = hash('a')
+  const dear = bcrypt.hashSync('b', 6).replace(/^\$2b\$/, '$2y$')
+  await writeFile(file, `alice:${cheap}\nbob:${dear}\n`)
+  const hashedWith: string[] = []
+  const auth = new ClientAuth({ htpasswd: file, log, compare: async (p, h) => (hashedWith.push(h), bcrypt.compareSync(p, h)), failures: { max: 3, windowMs: 60_000 } })
+  await auth.start()
+  t.teardown(() => auth.close())
+  // Before the fix: all twenty were hashed before the first failure was counted.
+  const outcomes = await Promise.all(Array.from({ length: 20 }, (_, i) => auth.check(basic('alice', `guess-${i}`), '10.7.7.7')))
+  t.equal(hashedWith.length, 3, 'three hashed')
+  t.equal(outcomes.filter((o) => o.kind === 'limited').length, 17, 'the other seventeen refused unhashed')
+  hashedWith.length = 0
+  t.equal((await auth.check(basic('mallory', 'x'), '10.7.7.8')).kind, 'denied', 'an unknown user')
+  t.same(hashedWith, [dear], 'hashed against the costliest real entry')
+  t.equal((await auth.check(basic('bob', 'b'), '10.7.7.8')).kind, 'ok', 'a success gives its attempt back')
+  for (let i = 0; i < 2; i++) t.equal((await auth.check(basic('bob', `no-${i}`), '10.7.7.8')).kind, 'denied')
+  t.equal((await auth.check(basic('bob', 'no-3'), '10.7.7.8')).kind, 'limited', 'the unknown user and two wrong passwords: three')
+})
