@@ -175,20 +175,49 @@ export async function endBlob(res: ServerResponse, options: SendOptions): Promis
  * for writeTimeoutMs, the client is taken to have stopped.
  */
 async function whileReading(res: ServerResponse, done: Promise<unknown>, isDone: () => boolean, options: SendOptions): Promise<void> {
-  const { writeTimeoutMs, sendQueue } = options
   // The caller awaits what it waits for itself: a rejection after an early return is not unhandled.
   done.catch(() => undefined)
-  const queued = (): Promise<number | undefined> => sendQueue?.queued(res.socket) ?? Promise.resolve(undefined)
-  const step = Math.max(1, Math.floor(writeTimeoutMs / 8))
-  let seen = isDone() ? undefined : await queued()
-  let movedAt = Date.now()
+  const progress = new ReadProgress(res, options)
+  if (!isDone()) await progress.look()
   while (!isDone()) {
-    await raceTimer(done, Math.max(1, Math.min(step, movedAt + writeTimeoutMs - Date.now())))
+    await raceTimer(done, progress.nextLookInMs())
     if (isDone()) return
-    const now = await queued()
-    if (now !== undefined && seen !== undefined && now !== seen) movedAt = Date.now()
-    else if (Date.now() - movedAt >= writeTimeoutMs) throw new WriteTimeoutError(`the client read nothing for ${writeTimeoutMs} ms`)
-    seen = now
+    if (await progress.stopped()) throw new WriteTimeoutError(`the client read nothing for ${options.writeTimeoutMs} ms`)
+  }
+}
+
+/** Whether a client is still reading, by its socket's send queue, looked at every eighth of writeTimeoutMs. */
+class ReadProgress {
+  private seen: number | undefined
+  private movedAt = Date.now()
+  readonly stepMs: number
+
+  constructor(private readonly res: ServerResponse, private readonly options: SendOptions) {
+    this.stepMs = Math.max(1, Math.floor(options.writeTimeoutMs / 8))
+  }
+
+  /** Takes a look at the queue; true when it moved since the last look. */
+  async look(): Promise<boolean> {
+    const now = await (this.options.sendQueue?.queued(this.res.socket) ?? Promise.resolve(undefined))
+    const moved = now !== undefined && this.seen !== undefined && now !== this.seen
+    this.seen = now
+    if (moved) this.movedAt = Date.now()
+    return moved
+  }
+
+  /** Looks again; true once nothing has moved for writeTimeoutMs. */
+  async stopped(): Promise<boolean> {
+    return !(await this.look()) && Date.now() - this.movedAt >= this.options.writeTimeoutMs
+  }
+
+  /** Starts the clock again: the client is not being waited for. */
+  reset(): void {
+    this.seen = undefined
+    this.movedAt = Date.now()
+  }
+
+  nextLookInMs(): number {
+    return Math.max(1, Math.min(this.stepMs, this.movedAt + this.options.writeTimeoutMs - Date.now()))
   }
 }
 
@@ -200,30 +229,20 @@ async function whileReading(res: ServerResponse, done: Promise<unknown>, isDone:
  * res closing stops it too.
  */
 export function watchWrites(res: ServerResponse, options: SendOptions, onStopped: (err: WriteTimeoutError) => void): () => void {
-  const { writeTimeoutMs, sendQueue } = options
-  let movedAt = Date.now()
-  let seen: number | undefined
+  const progress = new ReadProgress(res, options)
   let looking = false
   const look = async (): Promise<void> => {
-    if (!res.writableNeedDrain) {
-      // Not waiting for the client: it keeps up, or the source is the slow one.
-      movedAt = Date.now()
-      seen = undefined
-      return
-    }
-    const now = await (sendQueue?.queued(res.socket) ?? Promise.resolve(undefined))
-    if (now !== undefined && seen !== undefined && now !== seen) movedAt = Date.now()
-    seen = now
-    if (Date.now() - movedAt >= writeTimeoutMs) {
-      stop()
-      onStopped(new WriteTimeoutError(`the client read nothing for ${writeTimeoutMs} ms`))
-    }
+    // Not waiting for the client: it keeps up, or the source is the slow one.
+    if (!res.writableNeedDrain) return progress.reset()
+    if (!(await progress.stopped())) return
+    stop()
+    onStopped(new WriteTimeoutError(`the client read nothing for ${options.writeTimeoutMs} ms`))
   }
   const timer = setInterval(() => {
     if (looking) return
     looking = true
     void look().finally(() => (looking = false))
-  }, Math.max(1, Math.floor(writeTimeoutMs / 8)))
+  }, progress.stepMs)
   timer.unref()
   const stop = (): void => {
     clearInterval(timer)
