@@ -110,6 +110,8 @@ export class BlobService {
     }
     const { value: fill, joined } = this.fills.join(target.digest, () => this.startFill(target, options.slotClass ?? 'live'), (f) => f.done)
     await fill.ready
+    // Storage failed under this fill: it serves only the client that started it. Others are told to retry, before any byte.
+    if (joined && fill.passThrough) throw new RegistryError('UNAVAILABLE', 'cache storage failed during this blob\'s fill; retry', { headers: { 'retry-after': '1' } })
     const size = fill.size
     const range = size !== undefined ? parseRange(rangeHeader, size) : undefined
     const source = new FillReader(fill, range !== undefined ? range.end + 1 : undefined, !joined, range?.start ?? 0)
