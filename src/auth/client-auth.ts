@@ -1,8 +1,7 @@
 import { createHmac, randomBytes } from 'node:crypto'
-import { readFile } from 'node:fs/promises'
 import { LRUCache } from 'lru-cache'
 import type { Logger } from 'pino'
-import { ConfigError } from '../config/errors.js'
+import { readNamedFile } from '../config/errors.js'
 import { SingleFlight } from '../lib/single-flight.js'
 import { parseHtpasswd } from './htpasswd.js'
 import { watchFiles, type FileWatch } from '../lib/file-watch.js'
@@ -58,11 +57,7 @@ export class ClientAuth {
 
   /** Reads the file (start-up fails if it cannot) and watches it. */
   async start(): Promise<void> {
-    try {
-      await this.load()
-    } catch (err) {
-      throw new ConfigError('auth.htpasswd', `${this.options.htpasswd}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`)
-    }
+    await this.load()
     this.watch = watchFiles([this.options.htpasswd], () => void this.reload(), this.options.pollMs)
   }
 
@@ -112,7 +107,7 @@ export class ClientAuth {
 
   private async load(): Promise<void> {
     const reading = ++this.reads
-    const { users, skipped } = parseHtpasswd(await readFile(this.options.htpasswd, 'utf8'))
+    const { users, skipped } = parseHtpasswd(await readNamedFile('auth.htpasswd', this.options.htpasswd))
     // Two reloads that overlap: the later read wins, whichever finishes last.
     if (reading < this.applied) return
     this.applied = reading

@@ -1,3 +1,4 @@
+import { readFile } from 'node:fs/promises'
 import { ValueErrorType, type ValueError } from '@sinclair/typebox/errors'
 
 /** An invalid configuration: one line naming the key and what is wrong. */
@@ -5,6 +6,15 @@ export class ConfigError extends Error {
   constructor(readonly key: string, problem: string) {
     super(`config: ${key}: ${problem}`)
     this.name = 'ConfigError'
+  }
+}
+
+/** The text of a file a setting names; one that cannot be read is a ConfigError naming the setting and the file. */
+export async function readNamedFile(key: string, path: string): Promise<string> {
+  try {
+    return await readFile(path, 'utf8')
+  } catch (err) {
+    throw new ConfigError(key, `${path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`)
   }
 }
 

@@ -1,7 +1,7 @@
 import { X509Certificate } from 'node:crypto'
-import { readFile } from 'node:fs/promises'
 import { parseArgs } from 'node:util'
 import { ConfigError } from '../config/schema.js'
+import { readNamedFile } from '../config/errors.js'
 import { parseDuration } from '../config/units.js'
 import { applyHosts, removeHosts, type HostsReport } from './apply.js'
 import { MirrorUrlError, parseMirrorUrl } from './toml.js'
@@ -138,24 +138,14 @@ function parse(args: string[]): Parsed | 'help' {
 
 /** The Authorization header from an --auth-file holding `user:password` (re-read every round: Secrets rotate). */
 async function readAuthorization(file: string): Promise<string> {
-  let text: string
-  try {
-    text = (await readFile(file, 'utf8')).trim()
-  } catch (err) {
-    throw new ConfigError('--auth-file', `${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`)
-  }
+  const text = (await readNamedFile('--auth-file', file)).trim()
   if (!/^[^:\s]+:\S.*$/.test(text) || text.includes('\n')) throw new ConfigError('--auth-file', `${file}: must hold one line, user:password`)
   return `Basic ${Buffer.from(text).toString('base64')}`
 }
 
 /** The PEM of a --ca file, checked to be a certificate. */
 async function readCa(file: string): Promise<string> {
-  let pem: string
-  try {
-    pem = await readFile(file, 'utf8')
-  } catch (err) {
-    throw new ConfigError('--ca', `${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`)
-  }
+  const pem = await readNamedFile('--ca', file)
   try {
     new X509Certificate(pem)
   } catch {

@@ -1,7 +1,6 @@
-import { readFile } from 'node:fs/promises'
 import { createSecureContext } from 'node:tls'
 import type { Logger } from 'pino'
-import { ConfigError } from '../config/errors.js'
+import { ConfigError, readNamedFile } from '../config/errors.js'
 import { watchFiles, type FileWatch } from '../lib/file-watch.js'
 
 export interface TlsFiles {
@@ -16,14 +15,7 @@ export interface Certificates {
 
 /** Reads the listener's certificate and key; throws, naming the file, when either is missing or they do not fit together. */
 export async function readCertificates(files: TlsFiles): Promise<Certificates> {
-  const read = async (what: string, path: string): Promise<string> => {
-    try {
-      return await readFile(path, 'utf8')
-    } catch (err) {
-      throw new ConfigError(`tls.${what}`, `${path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`)
-    }
-  }
-  const pair = { cert: await read('cert', files.cert), key: await read('key', files.key) }
+  const pair = { cert: await readNamedFile('tls.cert', files.cert), key: await readNamedFile('tls.key', files.key) }
   try {
     // Fails on a key that is not the certificate's, or PEM that is not PEM.
     createSecureContext(pair)
