@@ -21,7 +21,7 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { readdir, readFile, readlink } from 'node:fs/promises'
 import { checkFanOut, fanOut, type ClientResult } from './clients.js'
-import { memoryOf } from './systems.js'
+import { memoryOf, samplePeak } from './systems.js'
 import { sleep } from '../test/harness/tools.js'
 
 export interface StalledOptions {
@@ -85,7 +85,7 @@ export async function stalledReaders(o: StalledOptions): Promise<StalledResult> 
   for (let i = 0; i < o.fetches; i++) alone.push(await fetch('alone', i))
   const beforeRss = await rssOf(o.pids)
 
-  const sampler = sampleRss(o.pids, 250)
+  const sampler = samplePeak(() => rssOf(o.pids), 250)
   const readers: Array<{ child: ChildProcess; bytes: number; stderr: Buffer[]; exited: Promise<void>; exit?: string }> = []
   let loaded: ClientResult[] = []
   let connectMs = NaN
@@ -185,31 +185,6 @@ async function rssOf(pids: number[]): Promise<number> {
     if (m !== undefined && Number.isFinite(m.rss)) sum += m.rss
   }
   return sum
-}
-
-function sampleRss(pids: number[], everyMs: number): { stop(): Promise<{ peak: number; samples: number }> } {
-  let peak = 0
-  let samples = 0
-  let busy = false
-  const timer = setInterval(() => {
-    if (busy) return
-    busy = true
-    rssOf(pids)
-      .then((rss) => {
-        samples++
-        if (rss > peak) peak = rss
-      })
-      .finally(() => {
-        busy = false
-      })
-  }, everyMs)
-  return {
-    stop: async () => {
-      clearInterval(timer)
-      const rss = await rssOf(pids)
-      return { peak: Math.max(peak, rss), samples: samples + 1 }
-    },
-  }
 }
 
 const ESTABLISHED = '01'

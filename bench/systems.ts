@@ -81,16 +81,18 @@ export async function memoryOf(pid: number): Promise<Memory> {
   return { rss: kb('VmRSS'), hwm: kb('VmHWM') }
 }
 
-/** Polls VmRSS every `everyMs` until stopped; returns the highest seen and the final VmHWM. */
-export function sampleMemory(pid: number, everyMs = 20): { stop(): Promise<{ peakRss: number; hwm: number }> } {
+/** Polls `read` every `everyMs` until stopped; returns the highest value seen (a final read included) and how many reads. */
+export function samplePeak(read: () => Promise<number>, everyMs: number): { stop(): Promise<{ peak: number; samples: number }> } {
   let peak = 0
+  let samples = 0
   let busy = false
   const timer = setInterval(() => {
     if (busy) return
     busy = true
-    memoryOf(pid)
-      .then((m) => {
-        if (m.rss > peak) peak = m.rss
+    read()
+      .then((value) => {
+        samples++
+        if (value > peak) peak = value
       })
       .catch(() => undefined)
       .finally(() => {
@@ -100,8 +102,19 @@ export function sampleMemory(pid: number, everyMs = 20): { stop(): Promise<{ pea
   return {
     stop: async () => {
       clearInterval(timer)
-      const m = await memoryOf(pid)
-      return { peakRss: Math.max(peak, m.rss), hwm: m.hwm }
+      const last = await read()
+      return { peak: Math.max(peak, last), samples: samples + 1 }
+    },
+  }
+}
+
+/** Polls VmRSS every `everyMs` until stopped; returns the highest seen and the final VmHWM. */
+export function sampleMemory(pid: number, everyMs = 20): { stop(): Promise<{ peakRss: number; hwm: number }> } {
+  const rss = samplePeak(async () => (await memoryOf(pid)).rss, everyMs)
+  return {
+    stop: async () => {
+      const { peak } = await rss.stop()
+      return { peakRss: peak, hwm: (await memoryOf(pid)).hwm }
     },
   }
 }
