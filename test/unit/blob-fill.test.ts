@@ -54,21 +54,25 @@ function makeFill(bytes: Buffer, opts: { size?: number | undefined; acquireSlot?
 async function readAll(reader: FillReader, start = 0): Promise<Buffer> {
   const parts: Buffer[] = []
   const buffer = Buffer.alloc(64 * 1024)
-  for (let pos = start; ;) {
-    const limit = await reader.readable(pos)
-    if (limit === undefined) break
-    const mem = reader.inMemory(pos, limit - pos)
-    if (mem !== undefined) {
-      parts.push(Buffer.from(mem))
-      pos += mem.byteLength
-      continue
+  try {
+    for (let pos = start; ;) {
+      const limit = await reader.readable(pos)
+      if (limit === undefined) break
+      const mem = reader.inMemory(pos, limit - pos)
+      if (mem !== undefined) {
+        parts.push(Buffer.from(mem))
+        pos += mem.byteLength
+        continue
+      }
+      const n = await reader.read(buffer, Math.min(buffer.byteLength, limit - pos), pos)
+      if (n <= 0) throw new Error('short read')
+      parts.push(Buffer.from(buffer.subarray(0, n)))
+      pos += n
     }
-    const n = await reader.read(buffer, Math.min(buffer.byteLength, limit - pos), pos)
-    if (n <= 0) throw new Error('short read')
-    parts.push(Buffer.from(buffer.subarray(0, n)))
-    pos += n
+  } finally {
+    // As the sender does: a reader that failed is closed too, or the fill keeps its spool file open.
+    await reader.close()
   }
-  await reader.close()
   return Buffer.concat(parts)
 }
 
