@@ -1,5 +1,6 @@
 import type { SecureContextOptions } from 'node:tls'
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify'
+import { registerApi, type ApiRoute } from './api/plugin.js'
 import { requireClientAuth } from './auth/hook.js'
 import type { ClientAuth } from './auth/client-auth.js'
 import { RegistryError } from './oci/errors.js'
@@ -15,6 +16,8 @@ export interface AppOptions {
   readonly auth?: ClientAuth
   /** HTTPS: the listener's certificate and key (PEM). */
   readonly tls?: SecureContextOptions
+  /** Routes under /api/v1 (prefetch, the pre-pull list). */
+  readonly api?: readonly ApiRoute[]
 }
 
 /** Builds the HTTP(S) server around a mirror; never listens. */
@@ -74,5 +77,6 @@ export function buildApp(mirror: Mirror, options: AppOptions = {}): FastifyInsta
 
   registerOpsRoutes(app, mirror)
   registerRegistryRoutes(app, mirror)
+  if (options.api !== undefined) registerApi(app, options.api)
   return app
 }

@@ -11,6 +11,10 @@ Commands:
           --listen HOST:PORT   address to listen on (or STEVEDORE_LISTEN)
   hosts   Write containerd certs.d/<registry>/hosts.toml files that point at the mirror.
           Run "stevedore hosts --help" for its options.
+  prefetch  Fetch images into a running mirror's cache before anyone pulls them.
+          Run "stevedore prefetch --help" for its options.
+  prepull   Pull the mirror's pre-pull list into this node's containerd, through CRI.
+          Run "stevedore prepull --help" for its options.
 `
 
 async function main(argv: string[]): Promise<number> {
@@ -37,6 +41,14 @@ async function main(argv: string[]): Promise<number> {
     case 'hosts': {
       const { runHostsCommand } = await import('./hosts/command.js')
       return runHostsCommand(rest)
+    }
+    case 'prefetch': {
+      const { runPrefetchCommand } = await import('./prefetch/command.js')
+      return runPrefetchCommand(rest)
+    }
+    case 'prepull': {
+      const { runPrepullCommand } = await import('./prepull/command.js')
+      return runPrepullCommand(rest)
     }
     case undefined:
     case 'help':

@@ -9,6 +9,11 @@ import { ClientAuth } from './auth/client-auth.js'
 import { readCertificates, reloadCertificates } from './tls/certificates.js'
 import { createMirror, initStore, type Mirror } from './mirror.js'
 import { createLogger } from './observability/logger.js'
+import { parseImageReference } from './oci/reference.js'
+import { prefetchRoutes } from './prefetch/routes.js'
+import { createPrefetchJobs } from './prefetch/service.js'
+import { prepullRoutes } from './prepull/routes.js'
+import { startPrewarm } from './prewarm/start.js'
 
 /**
  * `stevedore serve`: the only place with process side effects. Resolves with
@@ -26,7 +31,28 @@ export async function serve(options: LoadOptions): Promise<number> {
   const tls = config.tls === undefined ? undefined : await readCertificates(config.tls)
   const mirror = await createMirror(config, log)
   await initStore(mirror)
-  const app = buildApp(mirror, { ...(auth !== undefined ? { auth } : {}), ...(tls !== undefined ? { tls } : {}) })
+  const prefetch = createPrefetchJobs(mirror)
+  const prewarmer = !config.prewarm.kubernetes.enabled ? undefined : startPrewarm({
+    config: config.prewarm.kubernetes,
+    prefetch: async (request) => prefetch.submit(request).done,
+    mirrors: (image) => {
+      const ref = parseImageReference(image)
+      if (ref === undefined) return false
+      try {
+        mirror.router.route(ref.repository, ref.registry)
+        return true
+      } catch {
+        return false
+      }
+    },
+    metrics: mirror.metrics,
+    log,
+  })
+  const api = [
+    ...prefetchRoutes(prefetch, config.prefetch.maxImagesPerJob),
+    ...prepullRoutes(config.prepull.images, () => prewarmer?.prepullImages() ?? []),
+  ]
+  const app = buildApp(mirror, { ...(auth !== undefined ? { auth } : {}), ...(tls !== undefined ? { tls } : {}), api })
   const certificates = config.tls === undefined ? undefined : reloadCertificates(config.tls, (pair) => (app.server as unknown as TlsServer).setSecureContext(pair), log)
   await app.listen({ host: config.listen.host, port: config.listen.port })
   void warmUp(app.server.address(), tls !== undefined)
@@ -45,6 +71,8 @@ export async function serve(options: LoadOptions): Promise<number> {
       stopping = true
       auth?.close()
       certificates?.close()
+      prefetch.stop()
+      void prewarmer?.stop()
       void shutDown(mirror, app, signal)
         .then(() => bcrypt.close())
         .then(() => resolve(0))

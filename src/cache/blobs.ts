@@ -32,6 +32,17 @@ export type BlobAnswer =
   /** A fill in progress; size undefined when the upstream announced none. */
   | { readonly kind: 'fill'; readonly cache: 'miss' | 'joined'; readonly size: number | undefined; readonly range: ByteRange | undefined; readonly source: BlobSource }
 
+/** A blob made warm for nobody in particular (a prefetch): no bytes are read here. */
+export interface Warming {
+  /** hit: stored already; miss: this call started its fill; joined: a fill was running (a pull's, say). */
+  readonly cache: 'hit' | 'miss' | 'joined'
+  readonly size: number | undefined
+  /** Bytes stored so far. */
+  bytes(): number
+  /** Resolves once the blob is stored, verified; rejects with why not. */
+  readonly done: Promise<void>
+}
+
 export interface BlobHeadAnswer {
   readonly cache: 'hit' | 'miss' | 'joined'
   readonly size: number
@@ -116,6 +127,29 @@ export class BlobService {
     const range = size !== undefined ? parseRange(rangeHeader, size) : undefined
     const source = new FillReader(fill, range !== undefined ? range.end + 1 : undefined, !joined, range?.start ?? 0)
     return { kind: 'fill', cache: joined ? 'joined' : 'miss', size, range, source }
+  }
+
+  /**
+   * Makes sure the blob is stored, through the same fills as pulls: a
+   * running fill is joined, a new one takes a slot of `slotClass`.
+   */
+  async warm(target: BlobTarget, slotClass: SlotClass = 'background'): Promise<Warming> {
+    const info = await this.store.stat(target.digest)
+    if (info !== undefined) {
+      await this.inScope(target)
+      this.options.onAccess?.(target.digest, info.size)
+      return { cache: 'hit', size: info.size, bytes: () => info.size, done: Promise.resolve() }
+    }
+    const running = this.fills.get(target.digest)
+    if (running !== undefined && running.registry !== target.client.origin) await this.inScope(target)
+    const { value: fill, joined } = this.fills.join(target.digest, () => this.startFill(target, slotClass), (f) => f.done)
+    // Nobody reads this fill's bytes: should storage fail, it must not wait for a reader that never comes.
+    if (!joined) fill.originatorLeft()
+    await fill.ready
+    const done = fill.done.then(() => {
+      if (!fill.stored) throw fill.error ?? new RegistryError('UPSTREAM_ERROR', 'blob fill failed')
+    })
+    return { cache: joined ? 'joined' : 'miss', size: fill.size, bytes: () => fill.written, done }
   }
 
   /** Resolves when every fill running now has ended (for shutdown). */

@@ -35,7 +35,7 @@ export function readConfigDocument(file: string | undefined, env: NodeJS.Process
 
 /**
  * Loads the configuration. Precedence: command-line flags, then environment
- * variables (STEVEDORE_LISTEN, STEVEDORE_LOG_LEVEL), then the file, then the
+ * variables (STEVEDORE_LISTEN, STEVEDORE_LOG_LEVEL, STEVEDORE_PREWARM_KUBERNETES), then the file, then the
  * embedded defaults.
  */
 export function loadConfig(options: LoadOptions = {}): Config {
@@ -44,9 +44,23 @@ export function loadConfig(options: LoadOptions = {}): Config {
   const config = validateConfig(raw, { env, readSecret })
   const listen = options.listen ?? (env['STEVEDORE_LISTEN'] || undefined)
   const logLevel = env['STEVEDORE_LOG_LEVEL'] || undefined
+  const prewarm = prewarmFromEnv(env['STEVEDORE_PREWARM_KUBERNETES'])
   return {
     ...config,
+    ...(prewarm !== undefined ? { prewarm: { ...config.prewarm, kubernetes: { ...config.prewarm.kubernetes, enabled: prewarm } } } : {}),
     ...(listen !== undefined ? { listen: parseListen(listen, options.listen !== undefined ? '--listen' : 'STEVEDORE_LISTEN') } : {}),
     ...(logLevel !== undefined ? { logLevel: validateConfig({ ...DEFAULT_CONFIG_DOCUMENT, log: { level: logLevel } }, { env }).logLevel } : {}),
   }
+}
+
+/**
+ * STEVEDORE_PREWARM_KUBERNETES=true|false: the one replica that pre-warms is
+ * chosen by its Deployment (k8s/components/prewarm), while every replica
+ * reads the same config file.
+ */
+function prewarmFromEnv(value: string | undefined): boolean | undefined {
+  if (value === undefined || value === '') return undefined
+  if (value === 'true') return true
+  if (value === 'false') return false
+  throw new ConfigError('STEVEDORE_PREWARM_KUBERNETES', `must be true or false (got ${JSON.stringify(value)})`)
 }

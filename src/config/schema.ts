@@ -8,11 +8,13 @@ import { ConfigError, Invalid, configErrorOf, dottedKey, joinKey, type Messages 
 import { DAY_MS, Duration, GIB, Int, Listen, MIB, OneOf, Size, Text } from './fields.js'
 import { resolveStorage, Storage, type StorageConfig } from './storage.js'
 import { resolveUpstream, Upstreams, type SecretReader, type UpstreamConfig } from './upstreams.js'
+import { Prefetch, Prepull, Prewarm } from './warming.js'
 
 export { ConfigError } from './errors.js'
 export { parseListen } from './fields.js'
 export type { FilesystemStorageConfig, S3StorageConfig, StorageConfig } from './storage.js'
 export type { SecretReader, UpstreamConfig } from './upstreams.js'
+export type { PrefetchConfig, PrepullConfig, PrewarmConfig } from './warming.js'
 
 const Cache = Type.Transform(Type.Object({
   // Ages compared with clocks, not timers: up to a year.
@@ -110,6 +112,9 @@ export const ConfigSchema = Type.Transform(Type.Object({
   limits: Limits,
   auth: Type.Optional(Auth),
   tls: Type.Optional(Tls),
+  prefetch: Prefetch,
+  prewarm: Prewarm,
+  prepull: Prepull,
   log: Log,
 }, { additionalProperties: false, problem: 'the config file must be a YAML mapping' })).Decode(({ log, ...c }) => {
   if (c.defaultUpstream !== undefined && !c.upstreams.has(c.defaultUpstream)) {

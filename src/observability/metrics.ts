@@ -11,6 +11,34 @@ export class Metrics {
     registers: [this.registry],
   })
 
+  readonly prefetchImages = new Counter({
+    name: 'stevedore_prefetch_images_total',
+    help: 'Images of prefetch jobs that ended, by state (done, failed, refused).',
+    labelNames: ['state'] as const,
+    registers: [this.registry],
+  })
+
+  readonly prefetchBlobs = new Counter({
+    name: 'stevedore_prefetch_blobs_total',
+    help: 'Blobs of prefetched images, by result: cached (there already), fetched, failed.',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  })
+
+  readonly prewarms = new Counter({
+    name: 'stevedore_prewarm_total',
+    help: 'Images pre-warmed because a workload in the cluster names them, by result: warm, failed, ignored (not a mirrored registry).',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  })
+
+  readonly prewarmSeconds = new Histogram({
+    name: 'stevedore_prewarm_seconds',
+    help: 'From a workload change seen on the Kubernetes API to its new image warm in the cache.',
+    buckets: [0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800],
+    registers: [this.registry],
+  })
+
   readonly cacheResults = new Counter({
     name: 'stevedore_cache_results_total',
     help: 'Cache results (hit, miss, joined, stale, revalidated) by kind (manifest, blob).',

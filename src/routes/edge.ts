@@ -20,11 +20,13 @@ export function beginRequest(request: FastifyRequest, reply: FastifyReply): void
 
 /**
  * What is wrong with a request before it is routed: a write method (405,
- * before any body is read or parsed), or an HTTP/1.1 request without Host,
- * which RFC 9112 makes a 400 (node's own check would answer without our body).
+ * before any body is read or parsed) anywhere but the JSON API under
+ * /api/, whose routes name their own methods; or an HTTP/1.1 request
+ * without Host, which RFC 9112 makes a 400 (node's own check would answer
+ * without our body).
  */
 export function checkRequest(request: FastifyRequest): void {
-  if (!READ_METHODS.has(request.method)) throw readOnly(request.method)
+  if (!READ_METHODS.has(request.method) && !(request.raw.url ?? '').startsWith('/api/')) throw readOnly(request.method)
   if (request.raw.httpVersionMajor === 1 && request.raw.httpVersionMinor >= 1 && request.headers.host === undefined) {
     throw new RegistryError('UNSUPPORTED', 'an HTTP/1.1 request needs a Host header', { status: 400 })
   }

@@ -1,0 +1,51 @@
+import { Slots } from '../limits/slots.js'
+import { MAX_TIMER_MS } from '../config/fields.js'
+import type { Mirror } from '../mirror.js'
+import type { UpstreamClient } from '../upstream/client.js'
+import { PrefetchJobs } from './jobs.js'
+import type { WarmDeps } from './warm-image.js'
+
+const MAX_CONFIG_BYTES = 1024 * 1024
+
+/** The prefetch jobs of a mirror, using its routing, manifests and fills: the same paths a pull takes. */
+export function createPrefetchJobs(mirror: Mirror): PrefetchJobs {
+  const { config, metrics } = mirror
+  const { limits, prefetch } = config
+  const blobSlots = new Slots({
+    what: 'prefetched blobs',
+    key: 'prefetch.blobs',
+    capacity: prefetch.blobConcurrency ?? limits.fills - limits.fillsReservedForPulls,
+    // Bounded by the jobs' own bounds (jobs × images × blobs); a wait here is a queue, not a failure.
+    queue: Number.MAX_SAFE_INTEGER,
+    timeoutMs: MAX_TIMER_MS,
+  })
+  const deps: WarmDeps = {
+    route: (ref) => {
+      const route = mirror.router.route(ref.repository, ref.registry)
+      return { client: mirror.clients.get(route.upstream.name) as UpstreamClient, repository: route.repository }
+    },
+    manifest: async (target) => (await mirror.manifests.get(target)).manifest,
+    warmBlob: (target) => mirror.blobs.warm(target, 'background'),
+    readSmallBlob: async (digest) => {
+      const info = await mirror.store.stat(digest)
+      if (info === undefined || info.size > MAX_CONFIG_BYTES) return undefined
+      const chunks: Buffer[] = []
+      for await (const chunk of await mirror.store.read(digest)) chunks.push(chunk as Buffer)
+      return Buffer.concat(chunks)
+    },
+    blobSlots,
+  }
+  return new PrefetchJobs(deps, {
+    maxJobs: prefetch.maxJobs,
+    maxImagesPerJob: prefetch.maxImagesPerJob,
+    imageConcurrency: prefetch.imageConcurrency,
+    platforms: prefetch.platforms,
+    onImage: (status, seconds) => {
+      metrics.prefetchImages.inc({ state: status.state })
+      metrics.prefetchBlobs.inc({ result: 'cached' }, status.layers.cached)
+      metrics.prefetchBlobs.inc({ result: 'fetched' }, status.layers.fetched)
+      metrics.prefetchBlobs.inc({ result: 'failed' }, status.layers.failed)
+      mirror.log.info({ image: status.reference, digest: status.digest, state: status.state, platforms: status.platforms, layers: status.layers, bytes: status.bytes, error: status.error, seconds: Math.round(seconds * 1000) / 1000 }, 'prefetch: image ended')
+    },
+  })
+}

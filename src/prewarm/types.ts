@@ -1,0 +1,23 @@
+import type { Logger } from 'pino'
+import type { PrewarmConfig } from '../config/schema.js'
+import type { Metrics } from '../observability/metrics.js'
+import type { JobRequest, JobStatus } from '../prefetch/jobs.js'
+
+/** What pre-warming needs of the mirror: a way to prefetch, and whether a registry is mirrored. */
+export interface PrewarmDeps {
+  readonly config: PrewarmConfig['kubernetes']
+  /** Starts a prefetch job; resolves with its final status. */
+  prefetch(request: JobRequest): Promise<JobStatus>
+  /** True when a pull of this image reference would go through the mirror (its registry is an upstream, its repository allowed). */
+  mirrors(image: string): boolean
+  readonly metrics: Metrics
+  readonly log: Logger
+}
+
+/** A running pre-warmer. */
+export interface Prewarmer {
+  /** Images of workloads annotated `stevedore.io/prepull: "true"`, now. */
+  prepullImages(): readonly string[]
+  /** Stops watching; resolves once every watch has ended. */
+  stop(): Promise<void>
+}
