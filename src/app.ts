@@ -48,6 +48,8 @@ export function buildApp(mirror: Mirror, options: AppOptions = {}): FastifyInsta
     requestIdHeader: false,
     // Requests fastify or node cannot route or parse still get the spec's error body.
     frameworkErrors: onFrameworkError,
+    // A key the API does not know is the client's mistake, said back to it: not dropped silently.
+    ajv: { customOptions: { removeAdditional: false } },
     clientErrorHandler: onClientError,
   })
   answerOutsideFastify(app.server)
