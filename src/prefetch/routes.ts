@@ -5,7 +5,8 @@ import { RegistryError } from '../oci/errors.js'
 import type { PrefetchJobs } from './jobs.js'
 
 /** `POST /api/v1/prefetch` and `GET /api/v1/prefetch/{id}`. */
-export function prefetchRoutes(jobs: PrefetchJobs, maxImagesPerJob: number): ApiRoute[] {
+/** `ready` says whether the store can take blobs yet: until then a job would only fail. */
+export function prefetchRoutes(jobs: PrefetchJobs, maxImagesPerJob: number, ready: () => boolean): ApiRoute[] {
   const body = Type.Object({
     images: Type.Array(Type.String({ minLength: 1, maxLength: 4096 }), { minItems: 1, maxItems: maxImagesPerJob }),
     platforms: Type.Optional(Type.Array(Type.String({ pattern: PLATFORM.source }), { minItems: 1, maxItems: 32 })),
@@ -17,6 +18,7 @@ export function prefetchRoutes(jobs: PrefetchJobs, maxImagesPerJob: number): Api
         options: { schema: { body } },
         handler: async (request, reply) => {
           request.stevedore.kind = 'api'
+          if (!ready()) throw new RegistryError('UNAVAILABLE', 'cache storage is not reachable yet', { headers: { 'retry-after': '2' } })
           const { images, platforms } = request.body as { images: string[]; platforms?: string[] }
           const job = jobs.submit({ images, ...(platforms !== undefined ? { platforms } : {}) })
           return reply.code(202).header('location', `/api/v1/prefetch/${job.id}`).send(job.status())

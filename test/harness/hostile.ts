@@ -83,6 +83,8 @@ function pathArb(t: HostileTargets): fc.Arbitrary<string> {
   return fc.oneof(
     { weight: 16, arbitrary: fc.tuple(nameArb(t), endpoint).map(([n, e]) => `/v2/${n}/${e}`) },
     { weight: 1, arbitrary: fc.constantFrom('/v2/', '/v2', '/v2//', '/v2/_catalog', '/', '*', '/healthz', '/metrics', '/readyz', '/v1/_ping') },
+    { weight: 1, arbitrary: fc.constantFrom('/api/v1/prefetch', '/api/v1/prefetch/', '/api/v1/prepull', '/api/', '/api/v1', '/api/v2/prefetch') },
+    { weight: 1, arbitrary: junk(40).map((j) => `/api/v1/prefetch/${j}`) },
     { weight: 2, arbitrary: junk(60).map((j) => `/v2/${j}`) },
     { weight: 1, arbitrary: junk(30).map((j) => `/${j}`) },
     { weight: 1, arbitrary: fc.integer({ min: 8_000, max: 12_000 }).map((n) => `/v2/${'a'.repeat(n)}/manifests/x`) },
@@ -152,6 +154,28 @@ export function requestArb(t: HostileTargets): fc.Arbitrary<HostileRequest> {
     bytes: `${method} ${path}${query} HTTP/1.1\r\nhost: mirror.test\r\nconnection: close\r\n${headers.map((h) => `${h}\r\n`).join('')}\r\n`,
     mustAnswer: true,
   }))
+}
+
+/** JSON API requests with bodies: valid-looking jobs, wrong shapes, and junk. */
+export function apiRequestArb(t: HostileTargets): fc.Arbitrary<HostileRequest> {
+  const image = fc.oneof(
+    fc.constantFrom(`${t.upstreamHost}/${t.repo}:${t.tags[0] ?? 'latest'}`, 'nginx', 'quay.io/x/y:1', '', 'A B', `${t.upstreamHost}/${t.repo}@sha256:${'0'.repeat(64)}`),
+    junk(30),
+  )
+  const body = fc.oneof(
+    { weight: 3, arbitrary: fc.record({ images: fc.array(image, { maxLength: 4 }), platforms: fc.option(fc.array(fc.constantFrom('linux/amd64', 'linux', '', 'a/b/c/d'), { maxLength: 3 }), { nil: undefined }) }, { requiredKeys: [] }).map((o) => JSON.stringify(o)) },
+    { weight: 2, arbitrary: fc.json({ maxDepth: 3 }) },
+    { weight: 1, arbitrary: junk(60) },
+  )
+  const type = fc.constantFrom('application/json', 'application/json; charset=utf-8', 'text/plain', 'application/x-www-form-urlencoded', '')
+  return fc.tuple(fc.constantFrom('POST', 'POST', 'PUT', 'GET'), fc.constantFrom('/api/v1/prefetch', '/api/v1/prepull', '/api/v1/prefetch/x'), type, body).map(([method, path, ctype, text]) => {
+    const bytes = Buffer.from(text, 'utf8')
+    return {
+      method,
+      bytes: `${method} ${path} HTTP/1.1\r\nhost: mirror.test\r\nconnection: close\r\n${ctype !== '' ? `content-type: ${ctype}\r\n` : ''}content-length: ${bytes.byteLength}\r\n\r\n${text}`,
+      mustAnswer: true,
+    }
+  })
 }
 
 /** Malformed request lines and framing; a server may also wait for more bytes on some of these. */
