@@ -17,6 +17,7 @@ import { request } from 'undici'
 import { checkFanOut, fanOut, wrk, type ClientResult, type FanOutResult, type WrkResult } from './clients.js'
 import { startNginx } from './nginx.js'
 import { startPacer } from './pacer.js'
+import { rollout } from './rollout.js'
 import { Scope } from './scope.js'
 import { stalledReaders, type StalledResult } from './stalled.js'
 import { cpuSeconds, memoryOf, sampleMemory, startDistributionProxy, startStevedore } from './systems.js'
@@ -28,7 +29,7 @@ import { errMessage, freePort, makeTemp, removeDir, sha256, sleep, which } from 
 // ------------------------------------------------------------------ parameters
 
 const MB = 1_000_000
-const SECTIONS = ['cold', 'warm', 'rss', 'stalled', 'manifests', 'paced', 'containerd'] as const
+const SECTIONS = ['cold', 'warm', 'rss', 'stalled', 'manifests', 'paced', 'containerd', 'rollout'] as const
 type Section = (typeof SECTIONS)[number]
 
 const USAGE = `usage: npm run bench [-- --quick] [--only SECTION,...] [--rounds N] [--cpu-prof DIR] [--stalled-hold S]
@@ -477,6 +478,8 @@ async function main(): Promise<number> {
       await ctrd.clean()
     }
 
+    const roll = run('rollout') ? await rollout({ upstream, pacer, linkRate: P.linkRate, rounds: P.rounds, quick: QUICK, progress, problem }) : undefined
+
     // -------------------------------------------------------------- table
     const col = <T,>(f: (k: SystemKey) => T): Record<SystemKey, T> => ({ stevedore: f('stevedore'), distribution: f('distribution'), nginx: f('nginx') })
     const walls = (rs: FanRound[]): number[] => rs.map((r) => r.wall)
@@ -584,8 +587,9 @@ async function main(): Promise<number> {
     process.stdout.write(
       `\nStevedore bench, ${machine.mode} mode, ${machine.date.slice(0, 10)}; ${machine.cores} cores (${machine.cpu}), ${machine.memGiB} GiB, node ${machine.node}; ` +
         `load average at start ${machine.loadAtStart}, at end ${endLoad}; ${P.rounds === 1 ? '1 round' : `medians of ${P.rounds} rounds`}; ran ${elapsed.toFixed(0)} s\n` +
-        `nginx: cold, paced and stalled rows = proxy_cache with proxy_cache_lock; warm row = sendfile of the upstream's own files. distribution: 2.8 in proxy mode.\n\n${lines.join('\n')}\n` +
-        (P.peerRounds < P.rounds ? `\n¹ ${P.peerRounds === 1 ? 'one round' : `${P.peerRounds} rounds`}: a peer's figure for context, no target is a ratio to it.\n` : '') +
+        `nginx: cold, paced and stalled rows = proxy_cache with proxy_cache_lock; warm row = sendfile of the upstream's own files. distribution: 2.8 in proxy mode.\n\n${rows.length > 0 ? `${lines.join('\n')}\n` : ''}` +
+        (P.peerRounds < P.rounds && rows.length > 0 ? `\n¹ ${P.peerRounds === 1 ? 'one round' : `${P.peerRounds} rounds`}: a peer's figure for context, no target is a ratio to it.\n` : '') +
+        (roll !== undefined ? `\n${roll.caption}\n\n${roll.table.join('\n')}\n\n${roll.targets.join('\n')}\n` : '') +
         '\n',
     )
     const out = join(tmpdir(), `stevedore-bench-${machine.date.replace(/[:.]/g, '-')}.json`)
@@ -600,6 +604,7 @@ async function main(): Promise<number> {
       manifests,
       rss: { ...rss, peakRssCold },
       stalled,
+      rollout: roll,
       containerd: { direct: pullDirect, cold: pullCold, warm: pullWarm, warmRefetch, mirrorCpu: pullCpu },
       rows,
       problems,

@@ -49,7 +49,7 @@ export async function serve(options: LoadOptions): Promise<number> {
     log,
   })
   const api = [
-    ...prefetchRoutes(prefetch, config.prefetch.maxImagesPerJob, () => mirror.storeReady),
+    ...prefetchRoutes(prefetch, () => mirror.storeReady),
     ...prepullRoutes(config.prepull.images, () => prewarmer?.prepullImages() ?? []),
   ]
   const app = buildApp(mirror, { ...(auth !== undefined ? { auth } : {}), ...(tls !== undefined ? { tls } : {}), api })

@@ -144,7 +144,7 @@ async function readAuthorization(file: string): Promise<string> {
 }
 
 /** The PEM of a --ca file, checked to be a certificate. */
-async function readCa(file: string): Promise<string> {
+export async function readCa(file: string): Promise<string> {
   const pem = await readNamedFile('--ca', file)
   try {
     new X509Certificate(pem)

@@ -4,11 +4,12 @@ import { PLATFORM } from '../config/warming.js'
 import { RegistryError } from '../oci/errors.js'
 import type { PrefetchJobs } from './jobs.js'
 
-/** `POST /api/v1/prefetch` and `GET /api/v1/prefetch/{id}`. */
-/** `ready` says whether the store can take blobs yet: until then a job would only fail. */
-export function prefetchRoutes(jobs: PrefetchJobs, maxImagesPerJob: number, ready: () => boolean): ApiRoute[] {
+/** `POST /api/v1/prefetch` and `GET /api/v1/prefetch/{id}`; `ready` says whether the store can take blobs yet: until then a job would only fail. */
+export function prefetchRoutes(jobs: PrefetchJobs, ready: () => boolean): ApiRoute[] {
   const body = Type.Object({
-    images: Type.Array(Type.String({ minLength: 1, maxLength: 4096 }), { minItems: 1, maxItems: maxImagesPerJob }),
+    // No maxItems: jobs.submit's 400 names prefetch.maxImagesPerJob (the schema's would not, and
+    // `stevedore prefetch` re-splits by it); the body limit bounds the list until then.
+    images: Type.Array(Type.String({ minLength: 1, maxLength: 4096 }), { minItems: 1 }),
     platforms: Type.Optional(Type.Array(Type.String({ pattern: PLATFORM.source }), { minItems: 1, maxItems: 32 })),
   }, { additionalProperties: false })
   return [
