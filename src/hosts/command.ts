@@ -1,3 +1,4 @@
+import { basicAuthorization, UsageError } from '../cli/usage.js'
 import { X509Certificate } from 'node:crypto'
 import { parseArgs } from 'node:util'
 import { ConfigError } from '../config/schema.js'
@@ -51,7 +52,6 @@ const defaultIo: HostsIo = {
   env: process.env,
 }
 
-class UsageError extends Error {}
 
 const GO_DURATION = /^(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+$/
 
@@ -140,7 +140,7 @@ function parse(args: string[]): Parsed | 'help' {
 async function readAuthorization(file: string): Promise<string> {
   const text = (await readNamedFile('--auth-file', file)).trim()
   if (!/^[^:\s]+:\S.*$/.test(text) || text.includes('\n')) throw new ConfigError('--auth-file', `${file}: must hold one line, user:password`)
-  return `Basic ${Buffer.from(text).toString('base64')}`
+  return basicAuthorization(text)
 }
 
 /** The PEM of a --ca file, checked to be a certificate. */

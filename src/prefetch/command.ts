@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises'
 import { parseArgs } from 'node:util'
 import { ConfigError } from '../config/errors.js'
 import { PLATFORM } from '../config/warming.js'
+import { basicAuthorization, mirrorCredentials, UsageError } from '../cli/usage.js'
 import { readCa } from '../hosts/command.js'
 import { MirrorUrlError, parseMirrorUrl } from '../hosts/toml.js'
 import { parseImageReference } from '../oci/reference.js'
@@ -55,7 +56,6 @@ const defaultIo: PrefetchIo = {
   env: process.env,
 }
 
-class UsageError extends Error {}
 
 // A job's status is small JSON from a mirror in the same network; a mirror
 // that does not answer in this long is not going to.
@@ -97,11 +97,7 @@ function parse(args: string[], env: NodeJS.ProcessEnv): Parsed | 'help' {
   const bad = platforms?.find((p) => !PLATFORM.test(p))
   if (bad !== undefined) throw new UsageError(`--platform: must be os/architecture[/variant] such as linux/amd64 or linux/arm/v7 (got ${JSON.stringify(bad)})`)
   if (values.platform !== undefined && platforms?.length === 0) throw new UsageError('--platform: empty')
-  const fromEnv = env['STEVEDORE_AUTH'] !== undefined && env['STEVEDORE_AUTH'] !== ''
-  const userFrom = values.user !== undefined ? '--user' : 'STEVEDORE_AUTH'
-  const user = values.user ?? (fromEnv ? env['STEVEDORE_AUTH']?.trim() : undefined)
-  // Never quote the value: it holds a password.
-  if (user !== undefined && !/^[^:\s]+:\S.*$/.test(user)) throw new UsageError(`${userFrom}: must be USER:PASS`)
+  const user = mirrorCredentials(values.user, env)?.user
   if (values.ca !== undefined && mirror.protocol !== 'https:') throw new UsageError('--ca goes with an https:// --mirror')
   const files = [...(values.file ?? []), ...positionals.filter((p) => p === '-')]
   if (files.filter((f) => f === '-').length > 1) throw new UsageError('stdin (-) can be read once')
@@ -197,7 +193,7 @@ export async function runPrefetchCommand(args: string[], io: PrefetchIo = defaul
   const client = prefetchClient({
     mirror: p.mirror,
     timeoutMs: TIMEOUT_MS,
-    ...(p.user !== undefined ? { authorization: `Basic ${Buffer.from(p.user).toString('base64')}` } : {}),
+    ...(p.user !== undefined ? { authorization: basicAuthorization(p.user) } : {}),
     ...(caPem !== undefined ? { caPem } : {}),
     onRetry: (reason, waitMs) => progress.note(`${reason}; trying again in ${Math.round(waitMs / 100) / 10} s`),
     signal,

@@ -1,0 +1,29 @@
+// What the commands that talk to a running mirror share: usage errors (exit
+// status 2) and the mirror's client credentials.
+
+/** The command line is wrong: the command prints the message and its usage, and exits 2. */
+export class UsageError extends Error {
+  override name = 'UsageError'
+}
+
+export interface MirrorCredentials {
+  /** `user:pass`. */
+  readonly user: string
+  /** Where it came from, for messages: never the value, which holds a password. */
+  readonly from: '--user' | 'STEVEDORE_AUTH'
+}
+
+/** `--user USER:PASS`, else `STEVEDORE_AUTH` (which keeps the password out of `ps`); undefined when neither is set. */
+export function mirrorCredentials(flag: string | undefined, env: NodeJS.ProcessEnv): MirrorCredentials | undefined {
+  const fromEnv = env['STEVEDORE_AUTH']?.trim()
+  const found: MirrorCredentials | undefined = flag !== undefined
+    ? { user: flag, from: '--user' }
+    : fromEnv !== undefined && fromEnv !== '' ? { user: fromEnv, from: 'STEVEDORE_AUTH' } : undefined
+  if (found !== undefined && !/^[^:\s]+:\S.*$/.test(found.user)) throw new UsageError(`${found.from}: must be USER:PASS`)
+  return found
+}
+
+/** The Basic Authorization header for `user:pass`. */
+export function basicAuthorization(userPass: string): string {
+  return `Basic ${Buffer.from(userPass).toString('base64')}`
+}
