@@ -45,6 +45,7 @@ export async function serve(options: LoadOptions): Promise<number> {
         return false
       }
     },
+    maxImagesPerJob: config.prefetch.maxImagesPerJob,
     metrics: mirror.metrics,
     log,
   })

@@ -10,6 +10,8 @@ export interface PrewarmDeps {
   prefetch(request: JobRequest): Promise<JobStatus>
   /** True when a pull of this image reference would go through the mirror (its registry is an upstream, its repository allowed). */
   mirrors(image: string): boolean
+  /** prefetch.maxImagesPerJob: no job is submitted with more images. */
+  readonly maxImagesPerJob: number
   readonly metrics: Metrics
   readonly log: Logger
 }
@@ -18,6 +20,8 @@ export interface PrewarmDeps {
 export interface Prewarmer {
   /** Images of workloads annotated `stevedore.io/prepull: "true"`, now. */
   prepullImages(): readonly string[]
+  /** The name of the Node with this InternalIP address, undefined when none is known. */
+  nodeOf(address: string): string | undefined
   /** Stops watching; resolves once every watch has ended. */
   stop(): Promise<void>
 }

@@ -10,6 +10,8 @@ import type { IDaemonSet } from 'kubernetes-models/apps/v1/DaemonSet'
 import type { IDeployment } from 'kubernetes-models/apps/v1/Deployment'
 import type { IHorizontalPodAutoscaler } from 'kubernetes-models/autoscaling/v2/HorizontalPodAutoscaler'
 import type { INetworkPolicy } from 'kubernetes-models/networking.k8s.io/v1/NetworkPolicy'
+import type { IClusterRole } from 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRole'
+import type { IClusterRoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRoleBinding'
 import type { IPodDisruptionBudget } from 'kubernetes-models/policy/v1/PodDisruptionBudget'
 import type { IConfigMap } from 'kubernetes-models/v1/ConfigMap'
 import type { INamespace } from 'kubernetes-models/v1/Namespace'
@@ -17,7 +19,7 @@ import type { IPodSpec } from 'kubernetes-models/v1/PodSpec'
 import type { IService } from 'kubernetes-models/v1/Service'
 import type { IServiceAccount } from 'kubernetes-models/v1/ServiceAccount'
 import t from 'tap'
-import { parse as parseYaml, parseAllDocuments } from 'yaml'
+import { parse as parseYaml, parseAllDocuments, stringify as stringifyYaml } from 'yaml'
 import { validateConfig, type Config } from '../../src/config/schema.js'
 import { REPO_ROOT, startMirror } from '../harness/mirror.js'
 import { requireTools, run, tempDir } from '../harness/tools.js'
@@ -359,11 +361,16 @@ const kubectlReady = async (t: Tap): Promise<boolean> => {
 t.test('every kustomization renders and validates against the Kubernetes schemas', async (t) => {
   if (!(await kubectlReady(t))) return
   const dirs = await kustomizations(K8S)
-  for (const expected of ['base', 'components/servicemonitor', 'overlays/s3']) t.ok(dirs.map((d) => relative(K8S, d)).includes(expected), `k8s/${expected} is a kustomization`)
+  for (const expected of ['base', 'components/node-prepull', 'components/prewarm', 'components/servicemonitor', 'overlays/s3']) t.ok(dirs.map((d) => relative(K8S, d)).includes(expected), `k8s/${expected} is a kustomization`)
   const targets = [
-    ...dirs,
+    // node-prepull copies the node agent's image and address into its container: it renders on a base only.
+    ...dirs.filter((d) => relative(K8S, d) !== 'components/node-prepull'),
+    await withComponents(t, join(K8S, 'base'), [join(K8S, 'components', 'node-prepull')]),
+    await withComponents(t, join(K8S, 'overlays', 's3'), [join(K8S, 'components', 'node-prepull')]),
     await withComponents(t, join(K8S, 'base'), [join(K8S, 'components', 'servicemonitor')]),
     await withComponents(t, join(K8S, 'overlays', 's3'), [join(K8S, 'components', 'servicemonitor')]),
+    await withComponents(t, join(K8S, 'base'), [join(K8S, 'components', 'prewarm')]),
+    await withComponents(t, join(K8S, 'overlays', 's3'), [join(K8S, 'components', 'prewarm'), join(K8S, 'components', 'servicemonitor')]),
   ]
   for (const dir of targets) {
     const objs = await kustomize(dir)
@@ -393,7 +400,7 @@ t.test('base: one mirror on one disk, the Service at a fixed clusterIP, a node a
   const objs = await kustomize(join(K8S, 'base'))
   t.same(objs.map((o) => o.kind).sort(), [
     'ConfigMap', 'ConfigMap', 'DaemonSet', 'Deployment', 'Namespace', 'Namespace', 'NetworkPolicy', 'NetworkPolicy',
-    'PersistentVolumeClaim', 'Service', 'ServiceAccount', 'ServiceAccount',
+    'PersistentVolumeClaim', 'Service', 'ServiceAccount', 'ServiceAccount', 'ServiceAccount',
   ])
   const mirror = one<IDeployment>(objs, 'Deployment', 'stevedore')
   t.equal(mirror.spec?.replicas, 1, 'one replica')
@@ -511,4 +518,182 @@ t.test('the rendered config and probe paths work against the real mirror', async
     t.equal(res.status, 200, `GET ${path} answers 200`)
   }
   t.equal((await fetch(`${mirror.url}/metrics`)).status, 200, 'GET /metrics (the ServiceMonitor\'s path) answers 200')
+})
+
+// ------------------------------------------------------------ pre-warming
+
+const envOf = (c: Container, name: string): string | undefined => (c.env ?? []).find((e) => e.name === name)?.value
+
+/** What k8s/components/prewarm must give, whatever it is added to: one pre-warming Deployment, nothing more. */
+function checkPrewarm(t: Tap, objs: K8sObject[], expected: string): IDeployment {
+  const workloads = [...all<IDeployment>(objs, 'Deployment'), ...all<IDaemonSet>(objs, 'DaemonSet')]
+  const prewarming = all<IDeployment>(objs, 'Deployment').filter((d) => podSpec(d).containers.some((c) => envOf(c, 'STEVEDORE_PREWARM_KUBERNETES') === 'true'))
+  t.same(prewarming.map((d) => d.metadata?.name), [expected], `exactly one Deployment pre-warms: ${expected}`)
+  const p = prewarming[0] as IDeployment
+  const spec = podSpec(p)
+  t.equal(p.spec?.replicas, 1, 'and it runs one replica')
+  t.equal(spec.serviceAccountName, 'stevedore-prewarm', 'as the pre-warming service account')
+  t.equal(spec.automountServiceAccountToken, true, 'with its token mounted')
+  const config = configOf(objs, p, spec.containers[0] as Container).config
+  t.equal(config.prewarm.kubernetes.kubeconfig, undefined, 'no kubeconfig: in-cluster credentials')
+  for (const w of workloads) {
+    if (w === p) continue
+    const name = `${w.kind ?? ''} ${w.metadata?.name ?? ''}`
+    const other = podSpec(w)
+    t.equal(other.automountServiceAccountToken, false, `${name}: no API token`)
+    t.not(other.serviceAccountName, 'stevedore-prewarm', `${name}: not the pre-warming account`)
+    t.notOk(other.containers.some((c) => envOf(c, 'STEVEDORE_PREWARM_KUBERNETES') === 'true'), `${name}: does not pre-warm`)
+  }
+
+  const sa = one<IServiceAccount>(objs, 'ServiceAccount', 'stevedore-prewarm')
+  t.equal(sa.metadata?.namespace, p.metadata?.namespace)
+  t.equal(sa.automountServiceAccountToken, false, 'the account mounts no token by default: only the pod that asks gets it')
+  const roles = objs.filter((o) => o.kind === 'ClusterRole' || o.kind === 'Role')
+  t.same(roles.map(id), ['ClusterRole /stevedore-prewarm'], 'one role')
+  const role = one<IClusterRole>(objs, 'ClusterRole', 'stevedore-prewarm')
+  const grants = (role.rules ?? []).flatMap((r) => (r.apiGroups ?? []).flatMap((g) => (r.resources ?? []).map((res) => `${g === '' ? 'core' : g}/${res}: ${[...(r.verbs ?? [])].sort().join(',')}`))).sort()
+  t.same(grants, ['apps/daemonsets', 'apps/deployments', 'apps/statefulsets', 'batch/cronjobs', 'batch/jobs', 'core/nodes'].map((r) => `${r}: get,list,watch`), 'get/list/watch on the workload kinds and Nodes, nothing else')
+  t.ok((role.rules ?? []).every((r) => r.resourceNames === undefined && r.nonResourceURLs === undefined), 'no further rule shapes')
+  const bindings = objs.filter((o) => o.kind === 'ClusterRoleBinding' || o.kind === 'RoleBinding')
+  t.same(bindings.map(id), ['ClusterRoleBinding /stevedore-prewarm'], 'one binding')
+  const binding = one<IClusterRoleBinding>(objs, 'ClusterRoleBinding', 'stevedore-prewarm')
+  t.same(binding.roleRef, { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: 'stevedore-prewarm' })
+  t.same(binding.subjects, [{ kind: 'ServiceAccount', name: 'stevedore-prewarm', namespace: p.metadata?.namespace }], 'to the pre-warming account only')
+
+  // Egress to the API server: 443 (the kubernetes Service) and 6443 (its endpoints on kubeadm-style clusters).
+  const labels = p.spec?.template.metadata?.labels
+  const policies = all<INetworkPolicy>(objs, 'NetworkPolicy').filter((np) => np.metadata?.namespace === p.metadata?.namespace && (np.spec?.policyTypes ?? []).includes('Egress') && (Object.keys(np.spec?.podSelector?.matchLabels ?? {}).length === 0 || matches(np.spec?.podSelector?.matchLabels, labels)))
+  const open = (port: number): boolean => policies.some((np) => (np.spec?.egress ?? []).some((r) => (r.ports ?? []).some((q) => q.port === port && (q.protocol ?? 'TCP') === 'TCP')))
+  t.ok(open(443) && open(6443), 'the pre-warming pod may reach the API server on 443 and 6443')
+  const own = policies.find((np) => np.metadata?.name === 'stevedore-prewarm')
+  t.ok(own !== undefined && matches(own.spec?.podSelector?.matchLabels, labels), 'by a policy that selects the pre-warming pod')
+  const others = all<IDeployment>(objs, 'Deployment').filter((d) => d !== p)
+  t.notOk(others.some((d) => matches(own?.spec?.podSelector?.matchLabels, d.spec?.template.metadata?.labels)), 'and no other pod')
+  return p
+}
+
+t.test('the prewarm component on the base: the one mirror pre-warms, with read-only access to the API', async (t) => {
+  if (!(await kubectlReady(t))) return
+  const objs = await kustomize(await withComponents(t, join(K8S, 'base'), [join(K8S, 'components', 'prewarm')]))
+  const p = checkPrewarm(t, objs, 'stevedore')
+  checkService(t, objs)
+  const plain = await kustomize(join(K8S, 'base'))
+  t.equal(podSpec(one<IDeployment>(plain, 'Deployment', 'stevedore')).automountServiceAccountToken, false, 'without the component the base mounts no token')
+  t.notOk(plain.some((o) => o.kind.includes('Role')), 'and grants nothing')
+  t.equal(p.metadata?.annotations?.['stevedore.io/prewarmer'], 'true')
+})
+
+t.test('the prewarm component on the S3 overlay: only the evictor pre-warms, the serving replicas get no token', async (t) => {
+  if (!(await kubectlReady(t))) return
+  const objs = await kustomize(await withComponents(t, join(K8S, 'overlays', 's3'), [join(K8S, 'components', 'prewarm')]))
+  const p = checkPrewarm(t, objs, 'stevedore-evictor')
+  const serving = one<IDeployment>(objs, 'Deployment', 'stevedore')
+  const spec = podSpec(serving)
+  t.equal(spec.automountServiceAccountToken, false, 'serving replicas: no token')
+  t.equal(spec.serviceAccountName, 'stevedore', 'serving replicas: their own account')
+  t.equal(envOf(spec.containers[0] as Container, 'STEVEDORE_PREWARM_KUBERNETES'), 'false', 'serving replicas: pre-warming forced off, whatever the shared config says')
+  t.equal(configOf(objs, p, podSpec(p).containers[0] as Container).config.storage.evict, true, 'the pre-warmer is still the evictor')
+  const role = (name: string): string | undefined => one<IServiceAccount>(objs, 'ServiceAccount', name).metadata?.annotations?.['eks.amazonaws.com/role-arn']
+  t.match(role('stevedore-prewarm'), /^arn:aws:iam::/, 'the pre-warming account has the bucket\'s IAM role too')
+  t.equal(role('stevedore-prewarm'), role('stevedore'), 'the same one, set in one place')
+  checkService(t, objs)
+})
+
+// ------------------------------------------------------------ node pre-pull
+
+const NODE_PREPULL = join(K8S, 'components', 'node-prepull')
+const CRI_SOCKET = '/run/containerd/containerd.sock'
+
+/** What k8s/components/node-prepull must give: a prepull container beside the node agent's, the socket, egress to the mirror. */
+function checkNodePrepull(t: Tap, objs: K8sObject[]): Container {
+  const ds = one<IDaemonSet>(objs, 'DaemonSet', 'stevedore-node')
+  const spec = podSpec(ds)
+  const service = one<IService>(objs, 'Service', 'stevedore')
+  const port = (service.spec?.ports ?? []).find((p) => p.name === 'http')?.port
+  const c = spec.containers.find((x) => x.name === 'prepull')
+  if (c === undefined) throw new Error('no prepull container in the node agent')
+  const args = expandArgs(c)
+  t.equal(args[0], 'prepull', 'runs stevedore prepull')
+  t.equal(flagValue(args, 'cri'), `unix://${CRI_SOCKET}`, 'through the node\'s containerd socket')
+  t.equal(flagValue(args, 'mirror'), `http://${service.spec?.clusterIP ?? ''}:${port ?? ''}`, 'the mirror address is the Service\'s clusterIP and port')
+  t.notOk(args.includes('--once'), 'it loops (a DaemonSet container that exits would restart)')
+  t.notOk(c.command, 'the image\'s ENTRYPOINT runs it')
+  const hosts = spec.containers.find((x) => x.name === 'watch-hosts')
+  t.equal(c.image, hosts?.image, `the node agent's image (${c.image ?? ''}), not the component's placeholder`)
+
+  const mount = (c.volumeMounts ?? []).find((m) => m.mountPath === CRI_SOCKET)
+  const volume = (spec.volumes ?? []).find((v) => v.name === mount?.name)
+  t.same(volume?.hostPath, { path: CRI_SOCKET, type: 'Socket' }, 'the socket is mounted: hostPath of type Socket')
+  t.same((spec.volumes ?? []).filter((v) => v.hostPath !== undefined).map((v) => v.hostPath?.path).sort(), ['/etc/containerd/certs.d', CRI_SOCKET], 'two hostPaths now: certs.d and the socket')
+  for (const other of allContainers(spec).filter((x) => x !== c)) {
+    t.notOk((other.volumeMounts ?? []).some((m) => m.name === mount?.name), `${other.name}: does not get the socket`)
+  }
+  t.equal(c.securityContext?.readOnlyRootFilesystem, true, 'read-only root filesystem')
+  t.equal(c.securityContext?.allowPrivilegeEscalation, false, 'no privilege escalation')
+  t.not(c.securityContext?.privileged, true, 'not privileged')
+  t.same(c.securityContext?.capabilities?.drop, ['ALL'], 'every capability dropped')
+  t.notOk(c.securityContext?.capabilities?.add, 'none added')
+  t.ok(c.resources?.requests?.['cpu'] !== undefined && c.resources.requests['memory'] !== undefined, 'resource requests')
+  t.ok(c.resources?.limits?.['memory'] !== undefined, 'a memory limit')
+
+  // Egress: the list request, to the mirror's pods on its port, and nothing else.
+  const mirror = one<IDeployment>(objs, 'Deployment', 'stevedore')
+  const containerPort = (podSpec(mirror).containers[0]?.ports ?? []).find((p) => p.name === 'http')?.containerPort
+  const np = all<INetworkPolicy>(objs, 'NetworkPolicy').find((p) => p.metadata?.namespace === ds.metadata?.namespace)
+  t.ok((np?.spec?.policyTypes ?? []).includes('Egress'), 'the node agent\'s egress stays under a policy')
+  const rules = np?.spec?.egress ?? []
+  t.equal(rules.length, 1, 'one egress rule')
+  t.same((rules[0]?.ports ?? []).map((p) => [p.protocol ?? 'TCP', p.port]), [['TCP', containerPort]], `TCP ${String(containerPort)} only (the mirror's container port; no DNS: the address is an IP)`)
+  const peer = (rules[0]?.to ?? [])[0]
+  t.equal((rules[0]?.to ?? []).length, 1, 'to one peer')
+  t.same(peer?.namespaceSelector?.matchLabels, { 'kubernetes.io/metadata.name': mirror.metadata?.namespace }, 'in the mirror\'s namespace')
+  t.ok(matches(peer?.podSelector?.matchLabels, mirror.spec?.template.metadata?.labels), 'the mirror\'s pods')
+  t.ok(matches(peer?.podSelector?.matchLabels, service.spec?.selector), 'the ones the Service sends to')
+  return c
+}
+
+t.test('the node-prepull component: a prepull container with the containerd socket, pointed at the mirror, allowed to reach it', async (t) => {
+  if (!(await kubectlReady(t))) return
+  for (const base of ['base', 'overlays/s3']) {
+    const objs = await kustomize(await withComponents(t, join(K8S, base), [NODE_PREPULL]))
+    t.test(base, async (t) => {
+      const c = checkNodePrepull(t, objs)
+      checkService(t, objs)
+      // The rendered arguments are ones the command accepts: with the mirror
+      // and the socket moved to 127.0.0.1 and a temp folder, a round fails
+      // (nothing listens) with 1, not with 2 (usage).
+      const dir = await tempDir(t, 'stevedore-k8s-prepull')
+      const args = expandArgs(c).map((a) => a.startsWith('--mirror=') ? '--mirror=http://127.0.0.1:9' : a.startsWith('--cri=') ? `--cri=unix://${join(dir, 'none.sock')}` : a)
+      const r = await run(process.execPath, [join(REPO_ROOT, 'dist', 'cli.js'), ...args, '--once'], { timeoutMs: 30_000 })
+      t.equal(r.code, 1, `the rendered arguments parse${r.code === 2 ? `: ${r.stderr}` : ''}`)
+    })
+  }
+  const plain = one<IDaemonSet>(await kustomize(join(K8S, 'base')), 'DaemonSet', 'stevedore-node')
+  t.notOk(podSpec(plain).containers.some((c) => c.name === 'prepull'), 'without the component: no prepull container')
+})
+
+t.test('node-prepull: the clusterIP set in service.yaml reaches its container too, through the component\'s own replacement', async (t) => {
+  if (!(await kubectlReady(t))) return
+  const work = await tempDir(t, 'stevedore-kustomize-prepull-ip')
+  const copy = join(work, 'k8s')
+  await run('cp', ['-r', K8S, copy])
+  const servicePath = join(copy, 'base', 'service.yaml')
+  await writeFile(servicePath, (await readFile(servicePath, 'utf8')).replace(/clusterIP: \S+/, 'clusterIP: 10.100.7.7'))
+  const component = join(copy, 'components', 'node-prepull')
+  const render = async (): Promise<Container | undefined> => {
+    const ds = one<IDaemonSet>(await kustomize(await withComponents(t, join(copy, 'base'), [component])), 'DaemonSet', 'stevedore-node')
+    return podSpec(ds).containers.find((c) => c.name === 'prepull')
+  }
+  const c = await render()
+  t.equal(flagValue(expandArgs(c as Container), 'mirror'), 'http://10.100.7.7:5000', 'the new address')
+  t.notMatch(await readFile(join(component, 'node-agent-prepull.yaml'), 'utf8'), /10\.100\.7\.7/, 'the component did not need editing')
+  // Why the component carries replacements of its own: the base's ran when
+  // the base was built, before the component's container existed.
+  const kustomization = join(component, 'kustomization.yaml')
+  const doc = parseYaml(await readFile(kustomization, 'utf8')) as Record<string, unknown>
+  delete doc['replacements']
+  await writeFile(kustomization, stringifyYaml(doc))
+  const without = await render()
+  t.equal(flagValue(expandArgs(without as Container), 'mirror'), 'http://10.96.0.50:5000', 'without them: the placeholder stays')
+  t.equal(without?.image, 'stevedore', 'and so does the image name')
 })

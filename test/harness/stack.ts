@@ -31,6 +31,8 @@ export interface StackOptions {
   repo?: string
   /** extra environment of the mirror process */
   env?: NodeJS.ProcessEnv
+  /** further top-level keys of the mirror's config document (prewarm, prepull, ...) */
+  extraConfig?: Record<string, unknown>
 }
 
 /** Path of a blob in a filesystem cache root. */
@@ -51,6 +53,7 @@ export function mirrorConfig(registry: Registry, cacheRoot: string, opts: StackO
     defaultUpstream: registry.host,
     ...(opts.cache !== undefined ? { cache: opts.cache } : {}),
     ...(opts.timeouts !== undefined ? { timeouts: opts.timeouts } : {}),
+    ...opts.extraConfig,
   }
 }
 
