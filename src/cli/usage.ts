@@ -27,3 +27,19 @@ export function mirrorCredentials(flag: string | undefined, env: NodeJS.ProcessE
 export function basicAuthorization(userPass: string): string {
   return `Basic ${Buffer.from(userPass).toString('base64')}`
 }
+
+/** The stop signal of a command: the caller's (tests), or SIGTERM/SIGINT; `detach` removes the listeners again. */
+export function stopSignal(given: AbortSignal | undefined): { signal: AbortSignal; detach: () => void } {
+  if (given !== undefined) return { signal: given, detach: () => undefined }
+  const controller = new AbortController()
+  const stop = (): void => controller.abort()
+  process.on('SIGTERM', stop)
+  process.on('SIGINT', stop)
+  return {
+    signal: controller.signal,
+    detach: () => {
+      process.off('SIGTERM', stop)
+      process.off('SIGINT', stop)
+    },
+  }
+}

@@ -1,3 +1,4 @@
+import { sleep } from '../lib/abortable-sleep.js'
 import { basicAuthorization, UsageError } from '../cli/usage.js'
 import { X509Certificate } from 'node:crypto'
 import { parseArgs } from 'node:util'
@@ -51,7 +52,6 @@ const defaultIo: HostsIo = {
   stderr: (text) => void process.stderr.write(text),
   env: process.env,
 }
-
 
 const GO_DURATION = /^(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+$/
 
@@ -194,19 +194,6 @@ async function applyOnce(p: Parsed, io: HostsIo): Promise<HostsReport[]> {
 }
 
 const failed = (reports: readonly HostsReport[]): boolean => reports.some((r) => r.action === 'error')
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve()
-    const timer = setTimeout(done, ms)
-    function done(): void {
-      clearTimeout(timer)
-      signal.removeEventListener('abort', done)
-      resolve()
-    }
-    signal.addEventListener('abort', done, { once: true })
-  })
-}
 
 async function watchLoop(p: Parsed, io: HostsIo): Promise<number> {
   let signal = io.signal

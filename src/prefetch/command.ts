@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises'
 import { parseArgs } from 'node:util'
 import { ConfigError } from '../config/errors.js'
 import { PLATFORM } from '../config/warming.js'
-import { basicAuthorization, mirrorCredentials, UsageError } from '../cli/usage.js'
+import { basicAuthorization, mirrorCredentials, stopSignal, UsageError } from '../cli/usage.js'
 import { readCa } from '../hosts/command.js'
 import { MirrorUrlError, parseMirrorUrl } from '../hosts/toml.js'
 import { parseImageReference } from '../oci/reference.js'
@@ -55,7 +55,6 @@ const defaultIo: PrefetchIo = {
   stdin: process.stdin,
   env: process.env,
 }
-
 
 // A job's status is small JSON from a mirror in the same network; a mirror
 // that does not answer in this long is not going to.
@@ -142,22 +141,6 @@ async function gatherImages(p: Parsed, stdin: NodeJS.ReadableStream): Promise<st
   return images
 }
 
-/** The stop signal: the caller's, or SIGTERM/SIGINT; `detach` removes the listeners again. */
-function stopSignal(io: PrefetchIo): { signal: AbortSignal; detach: () => void } {
-  if (io.signal !== undefined) return { signal: io.signal, detach: () => undefined }
-  const controller = new AbortController()
-  const stop = (): void => controller.abort()
-  process.on('SIGTERM', stop)
-  process.on('SIGINT', stop)
-  return {
-    signal: controller.signal,
-    detach: () => {
-      process.off('SIGTERM', stop)
-      process.off('SIGINT', stop)
-    },
-  }
-}
-
 const isParseArgsError = (err: unknown): err is TypeError => err instanceof TypeError && (err as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS') === true
 
 /** `stevedore prefetch ...`: returns the exit status. */
@@ -189,7 +172,7 @@ export async function runPrefetchCommand(args: string[], io: PrefetchIo = defaul
   if (p.json) progress = silentProgress(io.stderr)
   else if (io.stderrStream.isTTY === true) progress = barProgress(io.stderrStream, images)
   else progress = lineProgress(io.stderr)
-  const { signal, detach } = stopSignal(io)
+  const { signal, detach } = stopSignal(io.signal)
   const client = prefetchClient({
     mirror: p.mirror,
     timeoutMs: TIMEOUT_MS,

@@ -1,7 +1,7 @@
 import { parseArgs } from 'node:util'
 import { ConfigError } from '../config/schema.js'
 import { formatDuration, parseDuration } from '../config/units.js'
-import { basicAuthorization, mirrorCredentials, UsageError } from '../cli/usage.js'
+import { basicAuthorization, mirrorCredentials, stopSignal, UsageError } from '../cli/usage.js'
 import { readCa } from '../hosts/command.js'
 import { MirrorUrlError, parseMirrorUrl } from '../hosts/toml.js'
 import { createLogger } from '../observability/logger.js'
@@ -54,7 +54,6 @@ const defaultIo: PrepullIo = {
   stderr: (text) => void process.stderr.write(text),
   env: process.env,
 }
-
 
 // A whole minute between rounds would make tests and first try-outs slow;
 // less than a second would make a busy loop of ImageStatus calls.
@@ -132,22 +131,6 @@ function parse(args: string[], env: NodeJS.ProcessEnv): Parsed | 'help' {
   }
 }
 
-/** The stop signal: the caller's, or SIGTERM/SIGINT; `detach` removes the listeners again. */
-function stopSignal(io: PrepullIo): { signal: AbortSignal; detach: () => void } {
-  if (io.signal !== undefined) return { signal: io.signal, detach: () => undefined }
-  const controller = new AbortController()
-  const stop = (): void => controller.abort()
-  process.on('SIGTERM', stop)
-  process.on('SIGINT', stop)
-  return {
-    signal: controller.signal,
-    detach: () => {
-      process.off('SIGTERM', stop)
-      process.off('SIGINT', stop)
-    },
-  }
-}
-
 /** `stevedore prepull ...`: returns the exit status. */
 export async function runPrepullCommand(args: string[], io: PrepullIo = defaultIo): Promise<number> {
   let p: Parsed | 'help'
@@ -186,7 +169,7 @@ export async function runPrepullCommand(args: string[], io: PrepullIo = defaultI
     ...(caPem !== undefined ? { caPem } : {}),
   })
   const store = new CriImageService(p.cri)
-  const { signal, detach } = stopSignal(io)
+  const { signal, detach } = stopSignal(io.signal)
   const options: PrepullOptions = {
     store,
     list: (s) => list.fetch(s),

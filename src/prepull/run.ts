@@ -1,3 +1,4 @@
+import { sleep } from '../lib/abortable-sleep.js'
 import type { Logger } from 'pino'
 import { parseImageReference } from '../oci/reference.js'
 import type { CriImage } from './cri-client.js'
@@ -134,20 +135,6 @@ export async function prepullOnce(o: PrepullOptions, signal: AbortSignal): Promi
   const r = await prepullRound(o, signal)
   if (r.kind === 'no-list') return 1
   return r.outcomes.every((x) => x.kind === 'present' || x.kind === 'pulled') ? 0 : 1
-}
-
-/** Resolves after `ms`, or at once when `signal` aborts. */
-export function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve()
-    const timer = setTimeout(done, ms)
-    function done(): void {
-      clearTimeout(timer)
-      signal.removeEventListener('abort', done)
-      resolve()
-    }
-    signal.addEventListener('abort', done, { once: true })
-  })
 }
 
 /**

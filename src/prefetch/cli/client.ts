@@ -1,3 +1,4 @@
+import { sleep } from '../../lib/abortable-sleep.js'
 import { Agent, errors as undiciErrors, request, type Dispatcher } from 'undici'
 import { parseRetryAfter } from '../../upstream/rate-limit.js'
 import type { JobStatus } from '../jobs.js'
@@ -53,19 +54,6 @@ const MAX_BODY = 64 * 1024 * 1024
 const UNREACHABLE_BACKOFF_MS = [500, 1000, 2000, 4000, 4000]
 const DEFAULT_BUSY_WAIT_MS = 5000
 const MAX_BUSY_WAIT_MS = 30_000
-
-function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal?.aborted === true) return resolve()
-    const timer = setTimeout(done, ms)
-    function done(): void {
-      clearTimeout(timer)
-      signal?.removeEventListener('abort', done)
-      resolve()
-    }
-    signal?.addEventListener('abort', done, { once: true })
-  })
-}
 
 interface Answer {
   readonly status: number

@@ -1,3 +1,4 @@
+import { sleep } from '../../lib/abortable-sleep.js'
 import type { JobStatus } from '../jobs.js'
 import type { ImageStatus } from '../warm-image.js'
 import { MirrorError, type PrefetchClient } from './client.js'
@@ -22,19 +23,6 @@ export interface RunOptions {
 
 const PREFIX = 'stevedore prefetch: '
 const ended = (job: JobStatus): boolean => job.state === 'done' || job.state === 'failed'
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve()
-    const timer = setTimeout(done, ms)
-    function done(): void {
-      clearTimeout(timer)
-      signal.removeEventListener('abort', done)
-      resolve()
-    }
-    signal.addEventListener('abort', done, { once: true })
-  })
-}
 
 /**
  * How long each image took, as polling sees it: from the first poll that
