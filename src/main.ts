@@ -12,6 +12,7 @@ import { createLogger } from './observability/logger.js'
 import { parseImageReference } from './oci/reference.js'
 import { prefetchRoutes } from './prefetch/routes.js'
 import { createPrefetchJobs } from './prefetch/service.js'
+import { submitPatiently } from './prefetch/submit-patiently.js'
 import { prepullRoutes } from './prepull/routes.js'
 import { startPrewarm } from './prewarm/start.js'
 
@@ -32,26 +33,30 @@ export async function serve(options: LoadOptions): Promise<number> {
   const mirror = await createMirror(config, log)
   await initStore(mirror)
   const prefetch = createPrefetchJobs(mirror)
+  // Would a pull of this image go through the mirror (its registry an upstream, its repository allowed)?
+  const mirrors = (image: string): boolean => {
+    const ref = parseImageReference(image)
+    if (ref === undefined) return false
+    try {
+      mirror.router.route(ref.repository, ref.registry)
+      return true
+    } catch {
+      return false
+    }
+  }
   const prewarmer = !config.prewarm.kubernetes.enabled ? undefined : startPrewarm({
     config: config.prewarm.kubernetes,
-    prefetch: async (request) => prefetch.submit(request).done,
-    mirrors: (image) => {
-      const ref = parseImageReference(image)
-      if (ref === undefined) return false
-      try {
-        mirror.router.route(ref.repository, ref.registry)
-        return true
-      } catch {
-        return false
-      }
-    },
+    // Before the store is reachable, or while every job slot is taken, it waits: a pre-warm has nobody to retry it.
+    prefetch: (request) => submitPatiently(prefetch, request, () => mirror.storeReady),
+    mirrors,
     maxImagesPerJob: config.prefetch.maxImagesPerJob,
     metrics: mirror.metrics,
     log,
   })
   const api = [
     ...prefetchRoutes(prefetch, () => mirror.storeReady),
-    ...prepullRoutes(config.prepull.images, () => prewarmer?.prepullImages() ?? []),
+    // An annotation must not make every node pull from a registry the mirror does not serve.
+    ...prepullRoutes(config.prepull.images, () => (prewarmer?.prepullImages() ?? []).filter(mirrors)),
   ]
   const app = buildApp(mirror, { ...(auth !== undefined ? { auth } : {}), ...(tls !== undefined ? { tls } : {}), api })
   const certificates = config.tls === undefined ? undefined : reloadCertificates(config.tls, (pair) => (app.server as unknown as TlsServer).setSecureContext(pair), log)

@@ -72,7 +72,8 @@ export function platformOfConfig(bytes: Buffer): string | undefined {
 /**
  * The index entry for a wanted platform, as containerd picks one: os and
  * architecture must match; a wanted variant must match too; with none
- * wanted, an entry without a variant (or arm64's v8) beats the others.
+ * wanted (Node objects name none), containerd's default variant wins:
+ * v8 for arm64, v7 for arm; then an entry without a variant; then the first.
  */
 export function pickPlatform(entries: readonly PlatformEntry[], wanted: string): PlatformEntry | undefined {
   const [os, arch, variant] = wanted.split('/')
@@ -82,5 +83,7 @@ export function pickPlatform(entries: readonly PlatformEntry[], wanted: string):
     return variant === undefined || ev === variant || (ev === undefined && arch === 'arm64' && variant === 'v8')
   })
   if (variant !== undefined || candidates.length <= 1) return candidates[0]
-  return candidates.find((e) => e.platform.split('/')[2] === undefined) ?? candidates.find((e) => e.platform.endsWith('/v8')) ?? candidates[0]
+  const variantOf = (e: PlatformEntry): string | undefined => e.platform.split('/')[2]
+  const preferred = arch === 'arm64' ? 'v8' : arch === 'arm' ? 'v7' : undefined
+  return candidates.find((e) => preferred !== undefined && variantOf(e) === preferred) ?? candidates.find((e) => variantOf(e) === undefined) ?? candidates[0]
 }

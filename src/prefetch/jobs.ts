@@ -94,6 +94,10 @@ export class PrefetchJobs {
     if (request.images.length > maxImagesPerJob) {
       throw new RegistryError('UNSUPPORTED', `a prefetch job takes at most ${maxImagesPerJob} images (prefetch.maxImagesPerJob)`, { status: 400, detail: { images: request.images.length } })
     }
+    // Re-warming what already runs may hold at most half the jobs: clients' prefetches always find room.
+    if (request.priority === 'low' && [...this.jobs.values()].filter((j) => j.priority === 'low' && j.finishedAt === undefined).length >= Math.max(1, Math.floor(maxJobs / 2))) {
+      throw new BusyError('UNAVAILABLE', 'too many low-priority prefetch jobs running; try again later', { headers: { 'retry-after': '10' }, detail: { limit: 'prefetch.maxJobs', capacity: maxJobs } })
+    }
     if (this.jobs.size >= maxJobs) {
       const oldestFinished = [...this.jobs.values()].find((j) => j.finishedAt !== undefined)
       if (oldestFinished === undefined) {
@@ -106,7 +110,10 @@ export class PrefetchJobs {
     const job = new Job(images, platforms, request.priority ?? 'normal')
     this.jobs.set(job.id, job)
     const queue = this.queues[job.priority]
-    for (const image of images) if (!image.finished) queue.push({ job, image })
+    for (const image of images) {
+      if (!image.finished) queue.push({ job, image })
+      else this.options.onImage?.(image.status(), 0)
+    }
     job.settle()
     this.pump()
     return job
@@ -116,9 +123,14 @@ export class PrefetchJobs {
     return this.jobs.get(id)
   }
 
-  /** No new image starts after this; those running finish (their fills are the mirror's to drain). */
+  /** Shutdown: queued images fail at once (their jobs settle), running ones start no further blob. */
   stop(): void {
     this.stopped = true
+    for (const queue of Object.values(this.queues)) queue.length = 0
+    for (const job of this.jobs.values()) {
+      for (const image of job.images) image.cancel('the mirror is shutting down')
+      job.settle()
+    }
   }
 
   private pump(): void {

@@ -66,11 +66,25 @@ export class ImageWarm {
   private readonly failures: LayerFailure[] = []
   private readonly inFlight = new Set<Warming>()
   private error: string | undefined
+  private cancelled: string | undefined
 
   constructor(readonly image: string, readonly ref: ImageReference | undefined, private readonly wanted: readonly string[]) {
     if (ref === undefined) {
       this.state = 'refused'
       this.error = 'not an image reference'
+    }
+  }
+
+  /**
+   * Shutdown: a queued image ends now, failed; a running one starts no
+   * further blob (those under way are the mirror's fills, drained or cut by
+   * shutdown) and fails once they have ended.
+   */
+  cancel(reason: string): void {
+    this.cancelled = reason
+    if (this.state === 'queued') {
+      this.state = 'failed'
+      this.error = reason
     }
   }
 
@@ -152,6 +166,7 @@ export class ImageWarm {
     const release = await deps.blobSlots.acquire('background')
     try {
       for (let attempt = 0; ; attempt++) {
+        if (this.cancelled !== undefined) throw new Error(this.cancelled)
         let warming: Warming
         try {
           warming = await deps.warmBlob({ ...route, digest: blob.digest })

@@ -107,7 +107,7 @@ export class Prewarms {
         else log.warn(line, 'pre-warm failed')
       }
     }, (err: unknown) => {
-      // Most likely 503 (prefetch.maxJobs running): not retried, the next change or restart tries again.
+      // The prefetch waited for room and storage (submitPatiently) and gave up, or the mirror is stopping.
       metrics.prewarms.inc({ result: 'failed' }, images.length)
       log.warn({ err, workload: origin.workload, images: images.slice(0, 20), count: images.length }, 'pre-warm: the prefetch job was refused')
     }).finally(() => {

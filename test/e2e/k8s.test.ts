@@ -599,6 +599,28 @@ t.test('the prewarm component on the S3 overlay: only the evictor pre-warms, the
   checkService(t, objs)
 })
 
+t.test('the prewarm component added straight into the S3 overlay: still only the evictor pre-warms', async (t) => {
+  if (!(await kubectlReady(t))) return
+  // Components run before the overlay's own patches here: the serving Deployment must still end up without the token.
+  const copy = join(await tempDir(t, 'stevedore-k8s-copy'), 'k8s')
+  const cp = await run('cp', ['-r', K8S, copy], { timeoutMs: 30_000 })
+  t.equal(cp.code, 0, 'k8s/ copied')
+  const overlay = join(copy, 'overlays', 's3')
+  await writeFile(join(overlay, 'kustomization.yaml'), `${await readFile(join(overlay, 'kustomization.yaml'), 'utf8')}\ncomponents:\n  - ../../components/prewarm\n`)
+  const objs = await kustomize(overlay)
+  const p = checkPrewarm(t, objs, 'stevedore-evictor')
+  const serving = one<IDeployment>(objs, 'Deployment', 'stevedore')
+  const spec = podSpec(serving)
+  t.equal(spec.automountServiceAccountToken, false, 'serving replicas: no token')
+  t.equal(spec.serviceAccountName, 'stevedore', 'serving replicas: their own account')
+  t.equal(envOf(spec.containers[0] as Container, 'STEVEDORE_PREWARM_KUBERNETES'), 'false', 'serving replicas: pre-warming forced off, whatever the shared config says')
+  t.equal(configOf(objs, p, podSpec(p).containers[0] as Container).config.storage.evict, true, 'the pre-warmer is still the evictor')
+  const role = (name: string): string | undefined => one<IServiceAccount>(objs, 'ServiceAccount', name).metadata?.annotations?.['eks.amazonaws.com/role-arn']
+  t.match(role('stevedore-prewarm'), /^arn:aws:iam::/, 'the pre-warming account has the bucket\'s IAM role too')
+  t.equal(role('stevedore-prewarm'), role('stevedore'), 'the same one, set in one place')
+  checkService(t, objs)
+})
+
 // ------------------------------------------------------------ node pre-pull
 
 const NODE_PREPULL = join(K8S, 'components', 'node-prepull')

@@ -110,6 +110,8 @@ t.test('the temp file is created only once the upstream has answered', async (t)
   t.equal((await answer).digest, digest, 'then the blob is served')
   // The client has its last byte before the fill renames its temp file into the cache.
   await waitFor(async () => existsSync(cachedBlobPath(cacheRoot, digest)), 10_000, 'cached')
+  // The fill's spool file goes once its last reader lets go, a moment after the rename (seen in CI on a loaded machine).
+  await waitFor(async () => (await tmpEntries(cacheRoot)).length === 0, 10_000, 'the fill\'s spool file removed')
   const gone = await fetchAll(`${mirror.url}/v2/life/tmp/blobs/${missing}`)
   t.equal(gone.status, 404, 'an upstream 404 is a 404')
   t.same(await tmpEntries(cacheRoot), [], 'and never made a temp file')

@@ -102,6 +102,7 @@ t.test('prefetch API', async (t) => {
     const { location } = await submit(s.mirror.url, { images: [`${name}:oci`, `${name}:index`] })
     const job = await finished(s.mirror.url, location)
     t.equal(job.state, 'done')
+    t.equal(job.images.length, 2)
     for (const image of job.images) {
       t.equal(image.layers.fetched, 0, `${image.image}: nothing fetched`)
       t.equal(image.layers.cached, image.layers.total, `${image.image}: all cached`)
@@ -189,7 +190,7 @@ t.test('a prefetch joins the fill of a layer a client is pulling: one upstream G
   const pulled = await pull
   t.equal(pulled.digest, layer.digest, 'the client got every byte')
   t.equal(job.state, 'done')
-  t.equal(job.images[0]?.layers.fetched, 2, 'config fetched, layer joined')
+  t.equal(job.images[0]?.layers.fetched, 2, 'config and layer fetched for the job (the layer by joining the pull: one GET, below)')
   t.equal(proxy.requests().filter((r) => r.method === 'GET' && r.path.includes(layer.digest)).length, 1, 'one upstream GET of the layer')
   t.ok(existsSync(cachedBlobPath(cacheRoot, layer.digest)))
 })

@@ -50,15 +50,16 @@ t.test('an index entry is picked per platform as containerd does', async (t) => 
   const entries: PlatformEntry[] = [
     { digest: D('1'), size: 1, platform: 'linux/amd64' },
     { digest: D('2'), size: 1, platform: 'linux/arm64/v8' },
-    { digest: D('3'), size: 1, platform: 'linux/arm/v7' },
     { digest: D('4'), size: 1, platform: 'linux/arm/v6' },
+    { digest: D('3'), size: 1, platform: 'linux/arm/v7' },
     { digest: D('5'), size: 1, platform: 'unknown/unknown' },
   ]
   t.equal(pickPlatform(entries, 'linux/amd64')?.digest, D('1'))
   t.equal(pickPlatform(entries, 'linux/arm64')?.digest, D('2'), 'arm64 without a variant matches v8')
   t.equal(pickPlatform(entries, 'linux/arm64/v8')?.digest, D('2'))
   t.equal(pickPlatform(entries, 'linux/arm/v6')?.digest, D('4'))
-  t.equal(pickPlatform(entries, 'linux/arm')?.digest, D('3'), 'no variant asked: the first of several')
+  t.equal(pickPlatform(entries, 'linux/arm')?.digest, D('3'), 'no variant asked (as Node objects say it): v7, containerd\'s default, though v6 comes first')
+  t.equal(pickPlatform([{ digest: D('7'), size: 1, platform: 'linux/arm64/v9' }, { digest: D('8'), size: 1, platform: 'linux/arm64' }], 'linux/arm64')?.digest, D('8'), 'arm64: no variant beats another than v8')
   t.equal(pickPlatform(entries, 'linux/s390x'), undefined)
   t.equal(pickPlatform([{ digest: D('6'), size: 1, platform: 'linux/arm64' }], 'linux/arm64/v8')?.digest, D('6'), 'v8 asked, entry without a variant')
 })
@@ -145,4 +146,33 @@ t.test('config: prefetch, prewarm and prepull keys, and the one environment swit
   t.equal(loadConfig({ env: { STEVEDORE_PREWARM_KUBERNETES: 'true' } }).prewarm.kubernetes.enabled, true, 'STEVEDORE_PREWARM_KUBERNETES turns it on')
   t.equal(loadConfig({ env: {} }).prewarm.kubernetes.enabled, false)
   t.throws(() => loadConfig({ env: { STEVEDORE_PREWARM_KUBERNETES: 'yes' } }), { message: /STEVEDORE_PREWARM_KUBERNETES: must be true or false/ })
+})
+
+t.test('jobs: low-priority re-warming holds at most half the jobs; shutdown settles every job', async (t) => {
+  const { deps } = fakeDeps({ blobMs: 200 })
+  const jobs = new PrefetchJobs(deps, { maxJobs: 4, maxImagesPerJob: 10, imageConcurrency: 1, platforms: ['linux/amd64'] })
+  const low1 = jobs.submit({ images: ['low/a'], priority: 'low' })
+  const low2 = jobs.submit({ images: ['low/b'], priority: 'low' })
+  t.throws(() => jobs.submit({ images: ['low/c'], priority: 'low' }), BusyError, 'a third low-priority job waits')
+  const client = jobs.submit({ images: ['client/a'] })
+  jobs.stop()
+  const [s1, s2, s3] = await Promise.all([low1.done, low2.done, client.done])
+  t.equal(s1.state, 'failed', 'the running image fails once its blobs under way end')
+  for (const s of [s2, s3]) {
+    t.equal(s.state, 'failed')
+    t.equal(s.images[0]?.error, 'the mirror is shutting down', 'a queued image fails at once')
+  }
+  t.throws(() => jobs.submit({ images: ['x'] }), { message: /shutting down/ })
+})
+
+t.test('submitPatiently waits for the store and for room among the jobs', async (t) => {
+  const { submitPatiently } = await import('../../src/prefetch/submit-patiently.js')
+  const { deps } = fakeDeps({ blobMs: 30 })
+  const jobs = new PrefetchJobs(deps, { maxJobs: 1, maxImagesPerJob: 10, imageConcurrency: 1, platforms: ['linux/amd64'] })
+  const blocking = jobs.submit({ images: ['first/a'] })
+  let ready = false
+  setTimeout(() => (ready = true), 30)
+  const status = await submitPatiently(jobs, { images: ['second/a'] }, () => ready, 10)
+  t.equal((await blocking.done).state, 'done')
+  t.equal(status.state, 'done', 'submitted once the store was ready and the first job had ended')
 })
