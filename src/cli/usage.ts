@@ -1,9 +1,30 @@
-// What the commands that talk to a running mirror share: usage errors (exit
-// status 2) and the mirror's client credentials.
+// What the commands that talk to a running mirror share: their I/O, usage
+// errors (exit status 2), the mirror's client credentials, the stop signal.
+import { MirrorUrlError } from '../hosts/toml.js'
+
+/** Where a command writes and what it reads of the process; tests pass their own. */
+export interface CommandIo {
+  readonly stdout: (text: string) => void
+  readonly stderr: (text: string) => void
+  readonly env: NodeJS.ProcessEnv
+  /** Aborted when the process is asked to stop. Undefined: SIGTERM and SIGINT are listened to by the command. */
+  readonly signal?: AbortSignal
+}
+
+export const processIo: CommandIo = {
+  stdout: (text) => void process.stdout.write(text),
+  stderr: (text) => void process.stderr.write(text),
+  env: process.env,
+}
 
 /** The command line is wrong: the command prints the message and its usage, and exits 2. */
 export class UsageError extends Error {
   override name = 'UsageError'
+}
+
+/** A command line the command cannot take: ours, a bad --mirror, or one node's parseArgs refused. */
+export function isUsageError(err: unknown): err is Error {
+  return err instanceof UsageError || err instanceof MirrorUrlError || (err instanceof TypeError && (err as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS') === true)
 }
 
 export interface MirrorCredentials {

@@ -1,12 +1,12 @@
 import { sleep } from '../lib/abortable-sleep.js'
-import { basicAuthorization, UsageError } from '../cli/usage.js'
+import { basicAuthorization, isUsageError, processIo, stopSignal, UsageError, type CommandIo } from '../cli/usage.js'
 import { X509Certificate } from 'node:crypto'
 import { parseArgs } from 'node:util'
 import { ConfigError } from '../config/schema.js'
 import { readNamedFile } from '../config/errors.js'
 import { parseDuration } from '../config/units.js'
 import { applyHosts, removeHosts, type HostsReport } from './apply.js'
-import { MirrorUrlError, parseMirrorUrl } from './toml.js'
+import { parseMirrorUrl } from './toml.js'
 import { loadUpstreamTargets, type UpstreamTarget } from './upstreams.js'
 
 export const HOSTS_USAGE = `Usage: stevedore hosts --mirror URL --dir DIR [options]
@@ -36,22 +36,8 @@ Exit status: 0 done (skipped foreign files included), 1 a file or the config
 could not be handled, 2 bad usage.
 `
 
-export interface HostsIo {
-  readonly stdout: (text: string) => void
-  readonly stderr: (text: string) => void
-  readonly env: NodeJS.ProcessEnv
-  /**
-   * Aborted when the process is asked to stop. Undefined: `--watch` listens
-   * to SIGTERM and SIGINT itself.
-   */
-  readonly signal?: AbortSignal
-}
-
-const defaultIo: HostsIo = {
-  stdout: (text) => void process.stdout.write(text),
-  stderr: (text) => void process.stderr.write(text),
-  env: process.env,
-}
+/** Without a signal, `--watch` listens to SIGTERM and SIGINT itself. */
+export type HostsIo = CommandIo
 
 const GO_DURATION = /^(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+$/
 
@@ -196,19 +182,7 @@ async function applyOnce(p: Parsed, io: HostsIo): Promise<HostsReport[]> {
 const failed = (reports: readonly HostsReport[]): boolean => reports.some((r) => r.action === 'error')
 
 async function watchLoop(p: Parsed, io: HostsIo): Promise<number> {
-  let signal = io.signal
-  let detach = (): void => undefined
-  if (signal === undefined) {
-    const controller = new AbortController()
-    const stop = (): void => controller.abort()
-    process.on('SIGTERM', stop)
-    process.on('SIGINT', stop)
-    detach = () => {
-      process.off('SIGTERM', stop)
-      process.off('SIGINT', stop)
-    }
-    signal = controller.signal
-  }
+  const { signal, detach } = stopSignal(io.signal)
   try {
     io.stdout(`watching: re-applying every ${p.intervalMs / 1000}s\n`)
     let previous = new Set<string>()
@@ -245,12 +219,12 @@ async function watchLoop(p: Parsed, io: HostsIo): Promise<number> {
 }
 
 /** `stevedore hosts ...`: returns the exit status. */
-export async function runHostsCommand(args: string[], io: HostsIo = defaultIo): Promise<number> {
+export async function runHostsCommand(args: string[], io: HostsIo = processIo): Promise<number> {
   let p: Parsed | 'help'
   try {
     p = parse(args)
   } catch (err) {
-    if (err instanceof UsageError || err instanceof MirrorUrlError || (err instanceof TypeError && (err as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS') === true)) {
+    if (isUsageError(err)) {
       io.stderr(`stevedore hosts: ${err.message}\n\n${HOSTS_USAGE}`)
       return 2
     }

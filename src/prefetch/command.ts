@@ -2,9 +2,9 @@ import { readFile } from 'node:fs/promises'
 import { parseArgs } from 'node:util'
 import { ConfigError } from '../config/errors.js'
 import { PLATFORM } from '../config/warming.js'
-import { basicAuthorization, mirrorCredentials, stopSignal, UsageError } from '../cli/usage.js'
+import { basicAuthorization, isUsageError, mirrorCredentials, processIo, stopSignal, UsageError, type CommandIo } from '../cli/usage.js'
 import { readCa } from '../hosts/command.js'
-import { MirrorUrlError, parseMirrorUrl } from '../hosts/toml.js'
+import { parseMirrorUrl } from '../hosts/toml.js'
 import { parseImageReference } from '../oci/reference.js'
 import { prefetchClient } from './cli/client.js'
 import { barProgress, lineProgress, silentProgress, type Progress, type TerminalStream } from './cli/progress.js'
@@ -37,24 +37,13 @@ Exit status: 0 every image is in the cache, 1 an image failed or was refused
 (each named on stderr) or the mirror could not be asked, 2 bad usage.
 `
 
-export interface PrefetchIo {
-  readonly stdout: (text: string) => void
-  readonly stderr: (text: string) => void
+export interface PrefetchIo extends CommandIo {
   /** Where bars are drawn when it is a terminal. */
   readonly stderrStream: TerminalStream
   readonly stdin: NodeJS.ReadableStream
-  readonly env: NodeJS.ProcessEnv
-  /** Aborted when the process is asked to stop. Undefined: SIGTERM and SIGINT are listened to here. */
-  readonly signal?: AbortSignal
 }
 
-const defaultIo: PrefetchIo = {
-  stdout: (text) => void process.stdout.write(text),
-  stderr: (text) => void process.stderr.write(text),
-  stderrStream: process.stderr,
-  stdin: process.stdin,
-  env: process.env,
-}
+const defaultIo: PrefetchIo = { ...processIo, stderrStream: process.stderr, stdin: process.stdin }
 
 // A job's status is small JSON from a mirror in the same network; a mirror
 // that does not answer in this long is not going to.
@@ -141,7 +130,6 @@ async function gatherImages(p: Parsed, stdin: NodeJS.ReadableStream): Promise<st
   return images
 }
 
-const isParseArgsError = (err: unknown): err is TypeError => err instanceof TypeError && (err as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS') === true
 
 /** `stevedore prefetch ...`: returns the exit status. */
 export async function runPrefetchCommand(args: string[], io: PrefetchIo = defaultIo): Promise<number> {
@@ -157,7 +145,7 @@ export async function runPrefetchCommand(args: string[], io: PrefetchIo = defaul
     images = await gatherImages(p, io.stdin)
     if (p.caFile !== undefined) caPem = await readCa(p.caFile)
   } catch (err) {
-    if (err instanceof UsageError || err instanceof MirrorUrlError || isParseArgsError(err)) {
+    if (isUsageError(err)) {
       io.stderr(`stevedore prefetch: ${err.message}\n\n${PREFETCH_USAGE}`)
       return 2
     }

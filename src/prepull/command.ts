@@ -1,9 +1,9 @@
 import { parseArgs } from 'node:util'
 import { ConfigError } from '../config/schema.js'
 import { formatDuration, parseDuration } from '../config/units.js'
-import { basicAuthorization, mirrorCredentials, stopSignal, UsageError } from '../cli/usage.js'
+import { basicAuthorization, isUsageError, mirrorCredentials, processIo, stopSignal, UsageError, type CommandIo } from '../cli/usage.js'
 import { readCa } from '../hosts/command.js'
-import { MirrorUrlError, parseMirrorUrl } from '../hosts/toml.js'
+import { parseMirrorUrl } from '../hosts/toml.js'
 import { createLogger } from '../observability/logger.js'
 import { CriImageService } from './cri-client.js'
 import { mirrorList } from './list.js'
@@ -41,19 +41,7 @@ Exit status with --once: 0 every image is present or pulled, 1 an image failed
 or the list could not be had, 2 bad usage.
 `
 
-export interface PrepullIo {
-  readonly stdout: (text: string) => void
-  readonly stderr: (text: string) => void
-  readonly env: NodeJS.ProcessEnv
-  /** Aborted when the process is asked to stop. Undefined: SIGTERM and SIGINT are listened to here. */
-  readonly signal?: AbortSignal
-}
-
-const defaultIo: PrepullIo = {
-  stdout: (text) => void process.stdout.write(text),
-  stderr: (text) => void process.stderr.write(text),
-  env: process.env,
-}
+export type PrepullIo = CommandIo
 
 // A whole minute between rounds would make tests and first try-outs slow;
 // less than a second would make a busy loop of ImageStatus calls.
@@ -132,12 +120,12 @@ function parse(args: string[], env: NodeJS.ProcessEnv): Parsed | 'help' {
 }
 
 /** `stevedore prepull ...`: returns the exit status. */
-export async function runPrepullCommand(args: string[], io: PrepullIo = defaultIo): Promise<number> {
+export async function runPrepullCommand(args: string[], io: PrepullIo = processIo): Promise<number> {
   let p: Parsed | 'help'
   try {
     p = parse(args, io.env)
   } catch (err) {
-    if (err instanceof UsageError || err instanceof MirrorUrlError || (err instanceof TypeError && (err as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS') === true)) {
+    if (isUsageError(err)) {
       io.stderr(`stevedore prepull: ${err.message}\n\n${PREPULL_USAGE}`)
       return 2
     }

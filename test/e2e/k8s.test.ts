@@ -583,9 +583,8 @@ t.test('the prewarm component on the base: the one mirror pre-warms, with read-o
   t.equal(p.metadata?.annotations?.['stevedore.io/prewarmer'], 'true')
 })
 
-t.test('the prewarm component on the S3 overlay: only the evictor pre-warms, the serving replicas get no token', async (t) => {
-  if (!(await kubectlReady(t))) return
-  const objs = await kustomize(await withComponents(t, join(K8S, 'overlays', 's3'), [join(K8S, 'components', 'prewarm')]))
+/** The prewarm component with the S3 overlay: only the evictor pre-warms; the serving replicas get no token. */
+function checkS3Prewarm(t: Tap, objs: K8sObject[]): void {
   const p = checkPrewarm(t, objs, 'stevedore-evictor')
   const serving = one<IDeployment>(objs, 'Deployment', 'stevedore')
   const spec = podSpec(serving)
@@ -597,6 +596,12 @@ t.test('the prewarm component on the S3 overlay: only the evictor pre-warms, the
   t.match(role('stevedore-prewarm'), /^arn:aws:iam::/, 'the pre-warming account has the bucket\'s IAM role too')
   t.equal(role('stevedore-prewarm'), role('stevedore'), 'the same one, set in one place')
   checkService(t, objs)
+}
+
+t.test('the prewarm component on the S3 overlay: only the evictor pre-warms, the serving replicas get no token', async (t) => {
+  if (!(await kubectlReady(t))) return
+  const objs = await kustomize(await withComponents(t, join(K8S, 'overlays', 's3'), [join(K8S, 'components', 'prewarm')]))
+  checkS3Prewarm(t, objs)
 })
 
 t.test('the prewarm component added straight into the S3 overlay: still only the evictor pre-warms', async (t) => {
@@ -608,17 +613,7 @@ t.test('the prewarm component added straight into the S3 overlay: still only the
   const overlay = join(copy, 'overlays', 's3')
   await writeFile(join(overlay, 'kustomization.yaml'), `${await readFile(join(overlay, 'kustomization.yaml'), 'utf8')}\ncomponents:\n  - ../../components/prewarm\n`)
   const objs = await kustomize(overlay)
-  const p = checkPrewarm(t, objs, 'stevedore-evictor')
-  const serving = one<IDeployment>(objs, 'Deployment', 'stevedore')
-  const spec = podSpec(serving)
-  t.equal(spec.automountServiceAccountToken, false, 'serving replicas: no token')
-  t.equal(spec.serviceAccountName, 'stevedore', 'serving replicas: their own account')
-  t.equal(envOf(spec.containers[0] as Container, 'STEVEDORE_PREWARM_KUBERNETES'), 'false', 'serving replicas: pre-warming forced off, whatever the shared config says')
-  t.equal(configOf(objs, p, podSpec(p).containers[0] as Container).config.storage.evict, true, 'the pre-warmer is still the evictor')
-  const role = (name: string): string | undefined => one<IServiceAccount>(objs, 'ServiceAccount', name).metadata?.annotations?.['eks.amazonaws.com/role-arn']
-  t.match(role('stevedore-prewarm'), /^arn:aws:iam::/, 'the pre-warming account has the bucket\'s IAM role too')
-  t.equal(role('stevedore-prewarm'), role('stevedore'), 'the same one, set in one place')
-  checkService(t, objs)
+  checkS3Prewarm(t, objs)
 })
 
 // ------------------------------------------------------------ node pre-pull

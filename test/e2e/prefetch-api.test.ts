@@ -9,29 +9,11 @@ import { request } from 'undici'
 import { startFaultProxy } from '../harness/fault-proxy.js'
 import { fetchHashed } from '../harness/http.js'
 import { buildImage, pushImage } from '../harness/images.js'
+import type { JobStatus } from '../harness/prefetch-status.js'
 import { startMirror } from '../harness/mirror.js'
 import { startRegistry } from '../harness/registry.js'
 import { cachedBlobPath, mirrorConfig, startStack } from '../harness/stack.js'
 import { requireTools, sleep, tempDir, waitFor } from '../harness/tools.js'
-
-interface ImageStatus {
-  image: string
-  reference: string
-  state: string
-  digest?: string
-  platforms: string[]
-  layers: { total: number; cached: number; fetched: number; failed: number }
-  bytes: { total: number; cached: number; fetched: number }
-  failures: Array<{ digest: string; reason: string }>
-  error?: string
-}
-
-interface JobStatus {
-  id: string
-  state: string
-  platforms: string[]
-  images: ImageStatus[]
-}
 
 async function call(url: string, opts: { method?: 'GET' | 'POST' | 'DELETE' | 'PUT' | 'HEAD'; body?: string | Buffer; type?: string; headers?: Record<string, string> } = {}) {
   const res = await request(url, {

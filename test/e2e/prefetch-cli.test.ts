@@ -17,24 +17,12 @@ import { startContainerd, writeHostsToml } from '../harness/containerd.js'
 import { startFaultProxy } from '../harness/fault-proxy.js'
 import { fetchAll } from '../harness/http.js'
 import { makeCa, makeServerCert } from '../harness/tls-certs.js'
+import type { ImageStatus, JobStatus } from '../harness/prefetch-status.js'
 import { cleanEnv, REPO_ROOT, startMirror } from '../harness/mirror.js'
 import { cachedBlobPath, startStack, type Stack } from '../harness/stack.js'
 import { freePort, requireTools, run, runOk, tempDir, waitFor, type RunResult } from '../harness/tools.js'
 
 const CLI = join(REPO_ROOT, 'dist', 'cli.js')
-
-interface ImageStatus {
-  image: string
-  reference: string
-  state: string
-  digest?: string
-  platforms: string[]
-  layers: { total: number; cached: number; fetched: number; failed: number }
-  bytes: { total: number; cached: number; fetched: number }
-  failures: Array<{ digest: string; reason: string }>
-  error?: string
-}
-interface JobStatus { id: string; state: string; createdAt: string; finishedAt?: string; platforms: string[]; images: ImageStatus[] }
 
 /** The command line of the built CLI, without tap's loader in NODE_OPTIONS (as an operator runs it). */
 const command = (args: string[]): string[] => ['-u', 'NODE_OPTIONS', process.execPath, CLI, 'prefetch', ...args]
