@@ -27,6 +27,24 @@ export function isUsageError(err: unknown): err is Error {
   return err instanceof UsageError || err instanceof MirrorUrlError || (err instanceof TypeError && (err as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS') === true)
 }
 
+/**
+ * The parsed command line, or the exit status when there is nothing to run:
+ * 0 after printing the usage for --help, 2 after printing what is wrong with it.
+ */
+export function parseCommandLine<P>(io: CommandIo, command: string, usage: string, parse: () => P | 'help'): P | number {
+  let parsed: P | 'help'
+  try {
+    parsed = parse()
+  } catch (err) {
+    if (!isUsageError(err)) throw err
+    io.stderr(`stevedore ${command}: ${err.message}\n\n${usage}`)
+    return 2
+  }
+  if (parsed !== 'help') return parsed
+  io.stdout(usage)
+  return 0
+}
+
 export interface MirrorCredentials {
   /** `user:pass`. */
   readonly user: string

@@ -1,5 +1,5 @@
 import { sleep } from '../lib/abortable-sleep.js'
-import { basicAuthorization, isUsageError, processIo, stopSignal, UsageError, type CommandIo } from '../cli/usage.js'
+import { basicAuthorization, parseCommandLine, processIo, stopSignal, UsageError, type CommandIo } from '../cli/usage.js'
 import { X509Certificate } from 'node:crypto'
 import { parseArgs } from 'node:util'
 import { ConfigError } from '../config/schema.js'
@@ -220,20 +220,8 @@ async function watchLoop(p: Parsed, io: HostsIo): Promise<number> {
 
 /** `stevedore hosts ...`: returns the exit status. */
 export async function runHostsCommand(args: string[], io: HostsIo = processIo): Promise<number> {
-  let p: Parsed | 'help'
-  try {
-    p = parse(args)
-  } catch (err) {
-    if (isUsageError(err)) {
-      io.stderr(`stevedore hosts: ${err.message}\n\n${HOSTS_USAGE}`)
-      return 2
-    }
-    throw err
-  }
-  if (p === 'help') {
-    io.stdout(HOSTS_USAGE)
-    return 0
-  }
+  const p = parseCommandLine(io, 'hosts', HOSTS_USAGE, () => parse(args))
+  if (typeof p === 'number') return p
   if (p.authFile !== undefined && p.mirror?.protocol === 'http:') {
     io.stderr('stevedore hosts: warning: --auth-file with an http:// mirror: containerd sends the credentials unencrypted\n')
   }

@@ -1,7 +1,7 @@
 import { parseArgs } from 'node:util'
 import { ConfigError } from '../config/schema.js'
 import { formatDuration, parseDuration } from '../config/units.js'
-import { basicAuthorization, isUsageError, mirrorCredentials, processIo, stopSignal, UsageError, type CommandIo } from '../cli/usage.js'
+import { basicAuthorization, parseCommandLine, mirrorCredentials, processIo, stopSignal, UsageError, type CommandIo } from '../cli/usage.js'
 import { readCa } from '../hosts/command.js'
 import { parseMirrorUrl } from '../hosts/toml.js'
 import { createLogger } from '../observability/logger.js'
@@ -121,20 +121,8 @@ function parse(args: string[], env: NodeJS.ProcessEnv): Parsed | 'help' {
 
 /** `stevedore prepull ...`: returns the exit status. */
 export async function runPrepullCommand(args: string[], io: PrepullIo = processIo): Promise<number> {
-  let p: Parsed | 'help'
-  try {
-    p = parse(args, io.env)
-  } catch (err) {
-    if (isUsageError(err)) {
-      io.stderr(`stevedore prepull: ${err.message}\n\n${PREPULL_USAGE}`)
-      return 2
-    }
-    throw err
-  }
-  if (p === 'help') {
-    io.stdout(PREPULL_USAGE)
-    return 0
-  }
+  const p = parseCommandLine(io, 'prepull', PREPULL_USAGE, () => parse(args, io.env))
+  if (typeof p === 'number') return p
   if (p.user !== undefined && p.mirror.protocol === 'http:') {
     io.stderr(`stevedore prepull: warning: ${p.userFrom ?? '--user'} with an http:// mirror: the credentials travel unencrypted\n`)
   }
