@@ -18,6 +18,8 @@ export interface AppOptions {
   readonly tls?: SecureContextOptions
   /** Routes under /api/v1 (prefetch, the pre-pull list). */
   readonly api?: readonly ApiRoute[]
+  /** Pages outside /v2/ and /api/ (the status page at /); registered last, protected like /v2/. */
+  readonly pages?: (app: FastifyInstance) => void
 }
 
 /** Builds the HTTP(S) server around a mirror; never listens. */
@@ -80,5 +82,6 @@ export function buildApp(mirror: Mirror, options: AppOptions = {}): FastifyInsta
   registerOpsRoutes(app, mirror)
   registerRegistryRoutes(app, mirror)
   if (options.api !== undefined) registerApi(app, options.api)
+  options.pages?.(app)
   return app
 }

@@ -39,6 +39,48 @@ export class Metrics {
     registers: [this.registry],
   })
 
+  readonly imagePullDuration = new Histogram({
+    name: 'stevedore_image_pull_duration_seconds',
+    help: 'Image pulls through the mirror, from the first manifest request to the last blob byte, by upstream and cache (cold, warm, partial).',
+    labelNames: ['upstream', 'cache'] as const,
+    buckets: [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600],
+    registers: [this.registry],
+  })
+
+  readonly imagePulls = new Counter({
+    name: 'stevedore_image_pulls_total',
+    help: 'Image pulls through the mirror, by upstream and cache (cold, warm, partial).',
+    labelNames: ['upstream', 'cache'] as const,
+    registers: [this.registry],
+  })
+
+  readonly imageResolves = new Counter({
+    name: 'stevedore_image_resolves_total',
+    help: 'Manifest requests that moved no blob (a node checking a tag it has), by upstream.',
+    labelNames: ['upstream'] as const,
+    registers: [this.registry],
+  })
+
+  readonly upstreamBytesSaved = new Counter({
+    name: 'stevedore_upstream_bytes_saved_total',
+    help: 'Manifest and blob bytes sent to clients that did not cross the upstream link for them: from the cache, or from a fill another client started.',
+    registers: [this.registry],
+  })
+
+  readonly upstreamRequestsSaved = new Counter({
+    name: 'stevedore_upstream_requests_saved_total',
+    help: 'Manifest and blob requests answered without asking the upstream.',
+    registers: [this.registry],
+  })
+
+  readonly kubeletPullDuration = new Histogram({
+    name: 'stevedore_kubelet_pull_duration_seconds',
+    help: 'Image pull times the kubelets report in Pulled events, by phase: pull, or including_waiting (pull plus queueing behind other pulls).',
+    labelNames: ['phase'] as const,
+    buckets: [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600],
+    registers: [this.registry],
+  })
+
   readonly cacheResults = new Counter({
     name: 'stevedore_cache_results_total',
     help: 'Cache results (hit, miss, joined, stale, revalidated) by kind (manifest, blob).',

@@ -2,7 +2,7 @@ import type { CacheResult } from '../cache/blobs.js'
 
 /** What a request touched, for its one log line and its metrics. */
 export interface RequestContext {
-  kind: 'base' | 'manifest' | 'blob' | 'tags' | 'referrers' | 'upload' | 'ops' | 'api' | 'other'
+  kind: 'base' | 'manifest' | 'blob' | 'tags' | 'referrers' | 'upload' | 'ops' | 'api' | 'page' | 'other'
   upstream?: string
   repository?: string
   digest?: string
