@@ -7,6 +7,8 @@ import { buildReport, type ReportMirror } from './document.js'
 import { fetchReplica, ReplicaError, type Replica } from './fetch.js'
 import { renderReport } from './render.js'
 
+export type { ReportDocument, ReportMirror } from './document.js'
+
 export const REPORT_USAGE = `Usage: stevedore report --mirror URL [--mirror URL ...] [options]
 
 What pulls cost, from the mirror's insights API (GET URL/api/v1/summary,

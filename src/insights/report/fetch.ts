@@ -121,26 +121,27 @@ async function getWithRetries(agent: Dispatcher, url: string, o: FetchOptions): 
   }
 }
 
-/** Asks one replica for the four documents at once; rejects with a ReplicaError. */
+/** Asks one replica for the summary, then the images, layers and pulls at once; rejects with a ReplicaError. */
 export async function fetchReplica(o: FetchOptions): Promise<Replica> {
   const agent = mirrorAgent(o.timeoutMs, o.caPem)
-  // The first failure settles the replica: the other three stop asking (and waiting to ask again).
+  // The first failure settles the replica: the others stop asking (and waiting to ask again).
   const settled = new AbortController()
   const each: FetchOptions = { ...o, signal: o.signal !== undefined ? AbortSignal.any([o.signal, settled.signal]) : settled.signal }
+  const get = async (name: keyof typeof ENDPOINTS): Promise<unknown> => {
+    const url = new URL(ENDPOINTS[name], o.mirror).toString()
+    try {
+      const body = await getWithRetries(agent, url, each)
+      if (!SHAPES[name](body)) throw new ReplicaError('refused', `${url}: the answer is not the insights API's JSON (is --mirror a Stevedore mirror of this version?)`)
+      return body
+    } catch (err) {
+      settled.abort()
+      throw err
+    }
+  }
   try {
-    const names = Object.keys(ENDPOINTS) as Array<keyof typeof ENDPOINTS>
-    const answers = await Promise.all(names.map(async (name) => {
-      const url = new URL(ENDPOINTS[name], o.mirror).toString()
-      try {
-        const body = await getWithRetries(agent, url, each)
-        if (!SHAPES[name](body)) throw new ReplicaError('refused', `${url}: the answer is not the insights API's JSON (is --mirror a Stevedore mirror of this version?)`)
-        return body
-      } catch (err) {
-        settled.abort()
-        throw err
-      }
-    }))
-    const [summary, images, layers, pulls] = answers as [Summary, ImagesResponse, LayersResponse, PullsResponse]
+    // The summary first: a replica that is down or refuses is told (and retried) once, not four times.
+    const summary = await get('summary') as Summary
+    const [images, layers, pulls] = await Promise.all([get('images'), get('layers'), get('pulls')]) as [ImagesResponse, LayersResponse, PullsResponse]
     const instances = new Set([summary.instance, images.instance, layers.instance, pulls.instance])
     // A Service address spreads the four requests over several replicas: their figures would not belong together.
     if (instances.size > 1) {
