@@ -15,6 +15,8 @@ Commands:
           Run "stevedore prefetch --help" for its options.
   prepull   Pull the mirror's pre-pull list into this node's containerd, through CRI.
           Run "stevedore prepull --help" for its options.
+  report    What pulls cost: top images, slow pulls, large layers, savings, size advice.
+          Run "stevedore report --help" for its options.
 `
 
 async function main(argv: string[]): Promise<number> {
@@ -49,6 +51,10 @@ async function main(argv: string[]): Promise<number> {
     case 'prepull': {
       const { runPrepullCommand } = await import('./prepull/command.js')
       return runPrepullCommand(rest)
+    }
+    case 'report': {
+      const { runReportCommand } = await import('./insights/report/command.js')
+      return runReportCommand(rest)
     }
     case undefined:
     case 'help':

@@ -1,5 +1,6 @@
 import { sleep } from '../../lib/abortable-sleep.js'
-import { Agent, errors as undiciErrors, request, type Dispatcher } from 'undici'
+import { request, type Dispatcher } from 'undici'
+import { credentialsRefused, errorMessage, mirrorAgent, readJsonBody, unanswered } from '../../cli/mirror-http.js'
 import { parseRetryAfter } from '../../upstream/rate-limit.js'
 import type { JobStatus } from '../jobs.js'
 
@@ -70,18 +71,8 @@ class Transient extends Error {
 
 /** Why nothing was answered; a certificate problem is not cured by asking again. */
 function unreachable(url: string, err: unknown): Transient | MirrorError {
-  const e = err as NodeJS.ErrnoException & { cause?: NodeJS.ErrnoException }
-  const code = e.code ?? e.cause?.code
-  if (err instanceof undiciErrors.HeadersTimeoutError || err instanceof undiciErrors.BodyTimeoutError || err instanceof undiciErrors.ConnectTimeoutError) return new Transient(`${url}: no answer in time`)
-  // Certificate problems name the flag that fixes them.
-  if (code !== undefined && /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS/.test(code)) return new MirrorError('unreachable', `${url}: ${e.cause?.message ?? e.message} (a private CA? give it with --ca FILE)`)
-  return new Transient(`${url}: ${code ?? e.cause?.message ?? e.message}`)
-}
-
-/** The `message` of the spec's `{"errors": [...]}` body, when there is one. */
-function errorMessage(body: unknown): string | undefined {
-  const first = (body as { errors?: Array<{ message?: unknown }> } | null)?.errors?.[0]
-  return typeof first?.message === 'string' ? first.message : undefined
+  const why = unanswered(url, err)
+  return why.retry ? new Transient(why.message) : new MirrorError('unreachable', why.message)
 }
 
 function isJobStatus(body: unknown): body is JobStatus {
@@ -89,28 +80,9 @@ function isJobStatus(body: unknown): body is JobStatus {
   return typeof b?.id === 'string' && typeof b.state === 'string' && Array.isArray(b.images)
 }
 
-async function readBody(url: string, res: Dispatcher.ResponseData): Promise<unknown> {
-  const chunks: Buffer[] = []
-  let size = 0
-  for await (const chunk of res.body) {
-    size += (chunk as Buffer).length
-    if (size > MAX_BODY) {
-      res.body.destroy()
-      throw new MirrorError('refused', `${url}: an answer of more than ${MAX_BODY} bytes`)
-    }
-    chunks.push(chunk as Buffer)
-  }
-  if (size === 0) return undefined
-  try {
-    return JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown
-  } catch {
-    return undefined
-  }
-}
-
 /** The mirror's prefetch API over undici: one connection pool, bounded waits, every body read or dumped. */
 export function prefetchClient(o: ClientOptions): PrefetchClient {
-  const agent = new Agent({ connect: { timeout: o.timeoutMs, ...(o.caPem !== undefined ? { ca: o.caPem } : {}) } })
+  const agent = mirrorAgent(o.timeoutMs, o.caPem)
   const headers: Record<string, string> = { accept: 'application/json', 'user-agent': 'stevedore-prefetch' }
   if (o.authorization !== undefined) headers['authorization'] = o.authorization
 
@@ -131,7 +103,7 @@ export function prefetchClient(o: ClientOptions): PrefetchClient {
       throw unreachable(url, err)
     }
     try {
-      const parsed = await readBody(url, res)
+      const parsed = await readJsonBody(res, MAX_BODY, () => new MirrorError('refused', `${url}: an answer of more than ${MAX_BODY} bytes`))
       return { status: res.statusCode, headers: res.headers, body: parsed }
     } catch (err) {
       if (err instanceof MirrorError) throw err
@@ -148,9 +120,7 @@ export function prefetchClient(o: ClientOptions): PrefetchClient {
     const retryAfter = a.headers['retry-after']
     const waitMs = parseRetryAfter(Array.isArray(retryAfter) ? retryAfter[0] : retryAfter, Date.now())
     if (a.status === 401) {
-      throw new MirrorError('auth', o.authorization !== undefined
-        ? `${url}: authentication failed: the mirror refused the credentials of --user / STEVEDORE_AUTH (401)`
-        : `${url}: authentication required: the mirror asks for credentials (401); give --user USER:PASS or set STEVEDORE_AUTH`)
+      throw new MirrorError('auth', credentialsRefused(url, o.authorization !== undefined))
     }
     if ((a.status === 503 || a.status === 429) && busy === 'wait') throw new Transient(`${url}: ${a.status} ${said ?? 'busy'}`, Math.min(waitMs ?? DEFAULT_BUSY_WAIT_MS, MAX_BUSY_WAIT_MS))
     if (a.status === 503 && busy === 'give-up') throw new MirrorError('refused', `${url}: the mirror stayed busy: 503 ${said ?? ''}`.trimEnd())

@@ -1,6 +1,6 @@
 import { MultiBar, Presets, type SingleBar } from 'cli-progress'
 import type { ImageStatus } from '../warm-image.js'
-import { formatBytes } from './summary.js'
+import { formatBytes } from '../../cli/format.js'
 
 /** What the command shows while jobs run: bars on a terminal, lines in a log, nothing for --json. */
 export interface Progress {

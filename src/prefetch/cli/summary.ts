@@ -1,17 +1,5 @@
+import { formatBytes, shortDigest } from '../../cli/format.js'
 import type { ImageStatus } from '../warm-image.js'
-
-const UNITS = ['B', 'KB', 'MB', 'GB', 'TB']
-
-/** Decimal units, as registries and `docker images` show sizes. */
-export function formatBytes(n: number): string {
-  let value = n
-  let unit = 0
-  while (value >= 1000 && unit < UNITS.length - 1) {
-    value /= 1000
-    unit++
-  }
-  return unit === 0 ? `${value} B` : `${value < 10 ? value.toFixed(1) : Math.round(value)} ${UNITS[unit]}`
-}
 
 /** `0.4s`, `12s`, `3m05s`; `-` when the image never ran (refused at once). */
 export function formatSeconds(seconds: number | undefined): string {
@@ -20,13 +8,6 @@ export function formatSeconds(seconds: number | undefined): string {
   if (seconds < 60) return `${Math.round(seconds)}s`
   const m = Math.floor(seconds / 60)
   return `${m}m${String(Math.round(seconds - m * 60)).padStart(2, '0')}s`
-}
-
-/** `sha256:` and the first 12 hex digits: enough to tell images apart, short enough for a table. */
-export function shortDigest(digest: string | undefined): string {
-  if (digest === undefined) return '-'
-  const colon = digest.indexOf(':')
-  return colon < 0 ? digest.slice(0, 12) : digest.slice(0, colon + 13)
 }
 
 const HEADER = ['IMAGE', 'STATE', 'DIGEST', 'PLATFORMS', 'LAYERS F/C/T', 'BYTES FETCHED/TOTAL', 'TIME']
