@@ -361,7 +361,7 @@ const kubectlReady = async (t: Tap): Promise<boolean> => {
 t.test('every kustomization renders and validates against the Kubernetes schemas', async (t) => {
   if (!(await kubectlReady(t))) return
   const dirs = await kustomizations(K8S)
-  for (const expected of ['base', 'components/node-prepull', 'components/prewarm', 'components/servicemonitor', 'overlays/s3']) t.ok(dirs.map((d) => relative(K8S, d)).includes(expected), `k8s/${expected} is a kustomization`)
+  for (const expected of ['base', 'components/grafana-dashboard', 'components/node-prepull', 'components/prewarm', 'components/servicemonitor', 'overlays/s3']) t.ok(dirs.map((d) => relative(K8S, d)).includes(expected), `k8s/${expected} is a kustomization`)
   const targets = [
     // node-prepull copies the node agent's image and address into its container: it renders on a base only.
     ...dirs.filter((d) => relative(K8S, d) !== 'components/node-prepull'),
