@@ -1,9 +1,11 @@
 // The pre-warmer: list+watch of the workloads and Nodes of the whole cluster,
 // and a prefetch job for every image reference a change brings, as soon as
-// the change is seen (before the ReplicaSet and its pods exist).
+// the change is seen (before the ReplicaSet and its pods exist). Beside it,
+// the kubelets' Pulled events, for their own pull times.
 import { AppsV1Api, BatchV1Api, CoreV1Api, KubeConfig, Watch } from '@kubernetes/client-node'
 import { ConfigError } from '../config/errors.js'
 import type { BackoffOptions } from './backoff.js'
+import { kubeletEventsSink, pulledEventsResource } from './events.js'
 import { Nodes, nodesSink } from './nodes.js'
 import { Prewarms } from './prewarms.js'
 import { WorkloadTracker } from './tracker.js'
@@ -40,6 +42,7 @@ const pageOf = (list: Page): ListPage => ({ items: list.items, resourceVersion: 
  */
 export function startPrewarm(deps: PrewarmDeps, options: PrewarmOptions = {}): RunningPrewarmer {
   const { config, log } = deps
+  const startedAt = new Date()
   const kc = loadCredentials(config.kubeconfig)
   const apps = kc.makeApiClient(AppsV1Api)
   const batch = kc.makeApiClient(BatchV1Api)
@@ -77,6 +80,10 @@ export function startPrewarm(deps: PrewarmDeps, options: PrewarmOptions = {}): R
         nodesSynced = true
         afterSync()
       }),
+    },
+    {
+      resource: pulledEventsResource(async (query) => pageOf(await core.listEventForAllNamespaces(query))),
+      sink: kubeletEventsSink({ metrics: deps.metrics, log, onKubeletPull: deps.onKubeletPull, startedAt }),
     },
   ]
 

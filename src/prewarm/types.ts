@@ -1,5 +1,6 @@
 import type { Logger } from 'pino'
 import type { PrewarmConfig } from '../config/schema.js'
+import type { KubeletPull } from '../insights/types.js'
 import type { Metrics } from '../observability/metrics.js'
 import type { JobRequest, JobStatus } from '../prefetch/jobs.js'
 
@@ -14,6 +15,8 @@ export interface PrewarmDeps {
   readonly maxImagesPerJob: number
   readonly metrics: Metrics
   readonly log: Logger
+  /** Each pull a kubelet reports in a Pulled event, once (kubelets 1.26 and later: the ones that time the pull apart from the queueing). */
+  readonly onKubeletPull?: (pull: KubeletPull) => void
 }
 
 /** A running pre-warmer. */

@@ -21,6 +21,8 @@ export interface WatchedResource {
   readonly name: string
   /** The cluster-wide watch path: `/apis/apps/v1/deployments`. */
   readonly path: string
+  /** More query parameters of the watch (a fieldSelector); `list` applies the same itself. */
+  readonly query?: Readonly<Record<string, string>>
   /** One page of the cluster-wide list (the same path, `limit` and `continue`). */
   list(limit: number, continueToken: string | undefined): Promise<ListPage>
 }
@@ -167,7 +169,7 @@ function watchOnce(options: WatchLoopOptions, fromVersion: string | undefined): 
     }
     // Like client-go's reflector: the server ends each watch after 5-10 minutes, so a
     // connection that silently died is noticed, and every watcher does not reconnect at once.
-    const query = { allowWatchBookmarks: true, timeoutSeconds: 300 + Math.floor(Math.random() * 300), ...(fromVersion !== undefined ? { resourceVersion: fromVersion } : {}) }
+    const query = { ...resource.query, allowWatchBookmarks: true, timeoutSeconds: 300 + Math.floor(Math.random() * 300), ...(fromVersion !== undefined ? { resourceVersion: fromVersion } : {}) }
     watcher.watch(resource.path, query, onEvent, onDone).then((c) => {
       controller = c
       if (settled) c.abort()

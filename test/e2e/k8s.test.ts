@@ -361,7 +361,7 @@ const kubectlReady = async (t: Tap): Promise<boolean> => {
 t.test('every kustomization renders and validates against the Kubernetes schemas', async (t) => {
   if (!(await kubectlReady(t))) return
   const dirs = await kustomizations(K8S)
-  for (const expected of ['base', 'components/node-prepull', 'components/prewarm', 'components/servicemonitor', 'overlays/s3']) t.ok(dirs.map((d) => relative(K8S, d)).includes(expected), `k8s/${expected} is a kustomization`)
+  for (const expected of ['base', 'components/grafana-dashboard', 'components/node-prepull', 'components/prewarm', 'components/servicemonitor', 'overlays/s3']) t.ok(dirs.map((d) => relative(K8S, d)).includes(expected), `k8s/${expected} is a kustomization`)
   const targets = [
     // node-prepull copies the node agent's image and address into its container: it renders on a base only.
     ...dirs.filter((d) => relative(K8S, d) !== 'components/node-prepull'),
@@ -552,7 +552,8 @@ function checkPrewarm(t: Tap, objs: K8sObject[], expected: string): IDeployment 
   t.same(roles.map(id), ['ClusterRole /stevedore-prewarm'], 'one role')
   const role = one<IClusterRole>(objs, 'ClusterRole', 'stevedore-prewarm')
   const grants = (role.rules ?? []).flatMap((r) => (r.apiGroups ?? []).flatMap((g) => (r.resources ?? []).map((res) => `${g === '' ? 'core' : g}/${res}: ${[...(r.verbs ?? [])].sort().join(',')}`))).sort()
-  t.same(grants, ['apps/daemonsets', 'apps/deployments', 'apps/statefulsets', 'batch/cronjobs', 'batch/jobs', 'core/nodes'].map((r) => `${r}: get,list,watch`), 'get/list/watch on the workload kinds and Nodes, nothing else')
+  t.same(grants, ['apps/daemonsets', 'apps/deployments', 'apps/statefulsets', 'batch/cronjobs', 'batch/jobs', 'core/events', 'core/nodes'].map((r) => `${r}: get,list,watch`), 'get/list/watch on the workload kinds, Nodes and Events (the kubelets\' Pulled events), nothing else')
+  t.notOk((role.rules ?? []).some((r) => (r.apiGroups ?? []).includes('events.k8s.io')), 'core/v1 Events, as the mirror reads them: not events.k8s.io')
   t.ok((role.rules ?? []).every((r) => r.resourceNames === undefined && r.nonResourceURLs === undefined), 'no further rule shapes')
   const bindings = objs.filter((o) => o.kind === 'ClusterRoleBinding' || o.kind === 'RoleBinding')
   t.same(bindings.map(id), ['ClusterRoleBinding /stevedore-prewarm'], 'one binding')

@@ -125,7 +125,7 @@ t.test('stand-in API server, one node platform: existing: false, namespaces and 
   await t.test('1. existing: false prefetches nothing at start', async (t) => {
     await whileDown(s, () => api.add(workload('Deployment', 'shop', 'web', { images: [ref('oci')] })))
     await waitLog(s, 'pre-warm: first sync of the cluster done', () => true, 2)
-    await api.waitForWatches(6)
+    await api.waitForWatches(7)
     await sleep(300)
     await s.registry.settle()
     t.equal(s.registry.count('GET', '/manifests/'), 0, 'no manifest asked for')
@@ -148,7 +148,7 @@ t.test('stand-in API server, one node platform: existing: false, namespaces and 
     // Last, in a watched namespace: once it is warm, the two before it were seen too (each watch is in order; these are two watches, so wait a little more).
     api.add(workload('Deployment', 'shop', 'extra', { images: [`${s.registry.host}/team/extra:1`] }))
     await waitCached(s, blobsOf(extra), 'the watched namespace\'s image')
-    await api.waitForWatches(6)
+    await api.waitForWatches(7)
     await sleep(500)
     await s.registry.settle()
     t.equal(s.registry.count('GET', '/manifests/docker'), 0, 'the excluded namespace\'s image was not fetched')
@@ -161,18 +161,18 @@ t.test('stand-in API server: a dropped watch reconnects, a 410 relists; no node 
   if (!requireTools(t, 'docker-registry')) return
   const { api, s, ref } = await setup(t, { existing: false })
   const other = await otherPlatform(s)
-  await api.waitForWatches(6)
+  await api.waitForWatches(7)
   api.add(workload('Deployment', 'shop', 'web', { images: [ref('list')] }))
   await waitLog(s, 'pre-warmed', (l) => l['image'] === ref('list'))
 
   await t.test('5a. after the stand-in drops every watch, a later change is still pre-warmed, without a relist', async (t) => {
     const before = api.requests().length
-    t.equal(api.dropWatches(), 6, 'six watches dropped')
-    await api.waitForWatches(6)
+    t.equal(api.dropWatches(), 7, 'seven watches dropped: the workload kinds, Nodes, Pulled events')
+    await api.waitForWatches(7)
     api.modify(workload('Deployment', 'shop', 'web', { images: [ref('oci')] }))
     await waitCached(s, blobsOf(s.oci), 'the image of the change after the reconnect')
     const after = api.requests().slice(before)
-    t.ok(after.filter((r) => r.watch).length >= 6, 'the watches came back')
+    t.ok(after.filter((r) => r.watch).length >= 7, 'the watches came back')
     t.notOk(after.some((r) => !r.watch), 'resumed, not listed again')
   })
 
@@ -187,6 +187,6 @@ t.test('stand-in API server: a dropped watch reconnects, a 410 relists; no node 
     t.ok(after.some((r) => !r.watch && r.path === '/apis/apps/v1/deployments'), 'then the Deployments were listed again')
     t.ok(s.mirror.logs().some((l) => l['msg'] === 'pre-warm: resourceVersion too old (410 Gone); listing again' && l['resource'] === 'deployments'))
     t.same(logsWith(s, 'pre-warmed').find((l) => l['image'] === ref('index'))?.['platforms'], ['linux/amd64', 'linux/arm64'], 'prefetch.platforms, the default')
-    await api.waitForWatches(6)
+    await api.waitForWatches(7)
   })
 })

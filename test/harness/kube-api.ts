@@ -1,8 +1,12 @@
 // A stand-in Kubernetes API server (no real one can run here): it speaks the
 // list and watch wire protocol the official client uses, for the workload
-// kinds and Nodes, on 127.0.0.1 only.
+// kinds, Nodes and Events, on 127.0.0.1 only.
 //   list:  GET /apis/apps/v1/deployments?limit=N&continue=T → {kind: DeploymentList, metadata: {resourceVersion, continue?}, items}
 //   watch: GET ...?watch=true&resourceVersion=N → chunked JSON lines {"type":"ADDED"|"MODIFIED"|"DELETED"|"BOOKMARK"|"ERROR","object":{…}}
+// Both honour `fieldSelector` (`a=b,c!=d`) on the fields the real API server
+// selects on (metadata.name and metadata.namespace; for Events also reason,
+// type, source, reportingComponent and involvedObject.*), and answer 400 for
+// any other field, as it does.
 // Every object it serves, and every list, validates against the Kubernetes
 // schemas (kubernetes-models) first. Tests drive it: add/modify/remove
 // objects (pushed to open watches), drop the open watches, answer the next
@@ -21,19 +25,24 @@ import { CronJob } from 'kubernetes-models/batch/v1/CronJob'
 import { CronJobList } from 'kubernetes-models/batch/v1/CronJobList'
 import { Job } from 'kubernetes-models/batch/v1/Job'
 import { JobList } from 'kubernetes-models/batch/v1/JobList'
+import { Event as KubeEvent } from 'kubernetes-models/v1/Event'
+import { EventList } from 'kubernetes-models/v1/EventList'
 import { Node } from 'kubernetes-models/v1/Node'
 import { NodeList } from 'kubernetes-models/v1/NodeList'
 import type { Test } from 'tap'
 import { stringify } from 'yaml'
+import { EVENT_FIELDS, parseFieldSelector, type FieldReader, type FieldSelector } from './kube-fields.js'
 import { tempDir, waitFor } from './tools.js'
 
-export type StandInKind = 'Deployment' | 'StatefulSet' | 'DaemonSet' | 'Job' | 'CronJob' | 'Node'
+export type StandInKind = 'Deployment' | 'StatefulSet' | 'DaemonSet' | 'Job' | 'CronJob' | 'Node' | 'Event'
 
 interface Resource {
   readonly path: string
   readonly apiVersion: string
   readonly validate: (obj: unknown) => void
   readonly validateList: (list: unknown) => void
+  /** The fields a fieldSelector may name, beyond metadata.name and metadata.namespace. */
+  readonly fields?: Readonly<Record<string, FieldReader>>
 }
 
 const check = (M: new (data: never) => { validate(): void }) => (obj: unknown): void => new M(obj as never).validate()
@@ -45,6 +54,7 @@ export const RESOURCES: Record<StandInKind, Resource> = {
   Job: { path: '/apis/batch/v1/jobs', apiVersion: 'batch/v1', validate: check(Job), validateList: check(JobList) },
   CronJob: { path: '/apis/batch/v1/cronjobs', apiVersion: 'batch/v1', validate: check(CronJob), validateList: check(CronJobList) },
   Node: { path: '/api/v1/nodes', apiVersion: 'v1', validate: check(Node), validateList: check(NodeList) },
+  Event: { path: '/api/v1/events', apiVersion: 'v1', validate: check(KubeEvent), validateList: check(EventList), fields: EVENT_FIELDS },
 }
 
 const KINDS = Object.keys(RESOURCES) as StandInKind[]
@@ -68,17 +78,20 @@ export interface KubeRequest {
   readonly gone?: 'status' | 'event'
 }
 
-interface Event {
+interface Change {
   readonly rv: number
   readonly kind: StandInKind
   readonly type: 'ADDED' | 'MODIFIED' | 'DELETED'
   readonly object: KubeObject
+  /** The object before a MODIFIED: a field-selected watch sees a change into or out of its selection as ADDED or DELETED. */
+  readonly previous?: KubeObject
 }
 
 interface OpenWatch {
   readonly kind: StandInKind
   readonly res: ServerResponse
   readonly bookmarks: boolean
+  readonly selector: FieldSelector
 }
 
 export interface KubeApiStandIn {
@@ -108,7 +121,7 @@ export interface KubeApiStandIn {
 
 export async function startKubeApi(t: Test): Promise<KubeApiStandIn> {
   const objects = new Map<string, { kind: StandInKind; obj: KubeObject }>()
-  let history: Event[] = []
+  let history: Change[] = []
   let compactedTo = 0
   let rv = 1
   let gone: 'status' | 'event' | undefined
@@ -120,9 +133,20 @@ export async function startKubeApi(t: Test): Promise<KubeApiStandIn> {
   const send = (w: OpenWatch, type: string, object: unknown): void => {
     w.res.write(`${JSON.stringify({ type, object })}\n`)
   }
-  const publish = (e: Event): void => {
+  /** The change as a watch with this selector sees it, if at all (as the API server's watch cache filters). */
+  const seenBy = (w: Pick<OpenWatch, 'kind' | 'selector'>, e: Change): 'ADDED' | 'MODIFIED' | 'DELETED' | undefined => {
+    if (w.kind !== e.kind) return undefined
+    const now = w.selector.matches(e.object)
+    if (e.type !== 'MODIFIED' || e.previous === undefined) return now ? e.type : undefined
+    const before = w.selector.matches(e.previous)
+    return now && before ? 'MODIFIED' : now ? 'ADDED' : before ? 'DELETED' : undefined
+  }
+  const publish = (e: Change): void => {
     history.push(e)
-    for (const w of watches) if (w.kind === e.kind) send(w, e.type, e.object)
+    for (const w of watches) {
+      const type = seenBy(w, e)
+      if (type !== undefined) send(w, type, e.object)
+    }
   }
   const store = (kind: StandInKind, obj: KubeObject, type: 'ADDED' | 'MODIFIED'): KubeObject => {
     const resource = RESOURCES[kind]
@@ -141,7 +165,7 @@ export async function startKubeApi(t: Test): Promise<KubeApiStandIn> {
     }
     resource.validate(served)
     objects.set(key, { kind, obj: served })
-    publish({ rv, kind, type, object: served })
+    publish({ rv, kind, type, object: served, ...(existing !== undefined ? { previous: existing.obj } : {}) })
     return served
   }
 
@@ -161,8 +185,15 @@ export async function startKubeApi(t: Test): Promise<KubeApiStandIn> {
       answer(404, status(404, 'NotFound', `the stand-in serves no ${req.method ?? ''} ${url.pathname}`))
       return
     }
+    let selector: FieldSelector
+    try {
+      selector = parseFieldSelector(query['fieldSelector'], RESOURCES[kind].fields)
+    } catch (err) {
+      answer(400, status(400, 'BadRequest', (err as Error).message))
+      return
+    }
     if (!watch) {
-      list(kind, query, answer)
+      list(kind, selector, query, answer)
       return
     }
     const from = query['resourceVersion'] !== undefined && query['resourceVersion'] !== '' ? Number(query['resourceVersion']) : undefined
@@ -176,7 +207,7 @@ export async function startKubeApi(t: Test): Promise<KubeApiStandIn> {
     log.push({ method: 'GET', path: url.pathname, query, watch, authorization: req.headers.authorization, status: 200, ...(goneEvent ? { gone: 'event' as const } : {}) })
     res.writeHead(200, { 'content-type': 'application/json', 'transfer-encoding': 'chunked' })
     res.flushHeaders()
-    const w: OpenWatch = { kind, res, bookmarks: query['allowWatchBookmarks'] === 'true' }
+    const w: OpenWatch = { kind, res, bookmarks: query['allowWatchBookmarks'] === 'true', selector }
     if (goneEvent) {
       gone = undefined
       send(w, 'ERROR', status(410, 'Expired', `too old resource version: ${from ?? ''} (${compactedTo})`))
@@ -185,17 +216,20 @@ export async function startKubeApi(t: Test): Promise<KubeApiStandIn> {
     }
     if (from === undefined || from === 0) {
       // No version: the current state as ADDED events, then changes (as the real server does).
-      for (const o of objects.values()) if (o.kind === kind) send(w, 'ADDED', o.obj)
+      for (const o of objects.values()) if (o.kind === kind && selector.matches(o.obj)) send(w, 'ADDED', o.obj)
     } else {
-      for (const e of history) if (e.kind === kind && e.rv > from) send(w, e.type, e.object)
+      for (const e of history) {
+        const type = e.rv > from ? seenBy(w, e) : undefined
+        if (type !== undefined) send(w, type, e.object)
+      }
     }
     watches.add(w)
     res.on('close', () => watches.delete(w))
   }
 
-  const list = (kind: StandInKind, query: Record<string, string>, answer: (status: number, body: unknown) => void): void => {
+  const list = (kind: StandInKind, selector: FieldSelector, query: Record<string, string>, answer: (status: number, body: unknown) => void): void => {
     const resource = RESOURCES[kind]
-    const all = [...objects.entries()].filter(([, o]) => o.kind === kind).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+    const all = [...objects.entries()].filter(([, o]) => o.kind === kind && selector.matches(o.obj)).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
     let start = 0
     let snapshot = rv
     if (query['continue'] !== undefined && query['continue'] !== '') {
@@ -292,7 +326,7 @@ export interface WorkloadOptions {
 }
 
 /** A minimal valid workload of `kind` whose pod template names these images. */
-export function workload(kind: Exclude<StandInKind, 'Node'>, namespace: string, name: string, opts: WorkloadOptions): KubeObject {
+export function workload(kind: Exclude<StandInKind, 'Node' | 'Event'>, namespace: string, name: string, opts: WorkloadOptions): KubeObject {
   const labels = { app: name }
   const pod = {
     ...(opts.initImages !== undefined ? { initContainers: opts.initImages.map((image, i) => ({ name: `init-${i}`, image })) } : {}),
