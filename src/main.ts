@@ -10,6 +10,7 @@ import { readCertificates, reloadCertificates } from './tls/certificates.js'
 import { createMirror, initStore, type Mirror } from './mirror.js'
 import { createLogger } from './observability/logger.js'
 import { parseImageReference } from './oci/reference.js'
+import { startInsights } from './insights/service.js'
 import { prefetchRoutes } from './prefetch/routes.js'
 import { createPrefetchJobs } from './prefetch/service.js'
 import { submitPatiently } from './prefetch/submit-patiently.js'
@@ -44,6 +45,9 @@ export async function serve(options: LoadOptions): Promise<number> {
       return false
     }
   }
+  // Pulls are mapped to Nodes once pre-warming (created below) knows them.
+  let nodeOf: (address: string) => string | undefined = () => undefined
+  const insights = config.insights.enabled ? startInsights(mirror, { nodeOf: (address) => nodeOf(address) }) : undefined
   const prewarmer = !config.prewarm.kubernetes.enabled ? undefined : startPrewarm({
     config: config.prewarm.kubernetes,
     // Before the store is reachable, or while every job slot is taken, it waits: a pre-warm has nobody to retry it.
@@ -53,7 +57,9 @@ export async function serve(options: LoadOptions): Promise<number> {
     metrics: mirror.metrics,
     log,
   })
+  if (prewarmer !== undefined) nodeOf = (address) => prewarmer.nodeOf(address)
   const api = [
+    ...(insights?.routes ?? []),
     ...prefetchRoutes(prefetch, () => mirror.storeReady),
     // An annotation must not make every node pull from a registry the mirror does not serve.
     ...prepullRoutes(config.prepull.images, () => (prewarmer?.prepullImages() ?? []).filter(mirrors)),
@@ -79,7 +85,7 @@ export async function serve(options: LoadOptions): Promise<number> {
       certificates?.close()
       prefetch.stop()
       void prewarmer?.stop()
-      void shutDown(mirror, app, signal)
+      void shutDown(mirror, app, signal, async () => insights?.stop())
         .then(() => bcrypt.close())
         .then(() => resolve(0))
     }
@@ -94,7 +100,7 @@ export async function serve(options: LoadOptions): Promise<number> {
  * fills are aborted and client and upstream sockets destroyed, with one log
  * line of what was cut. Never rejects.
  */
-async function shutDown(mirror: Mirror, app: FastifyInstance, signal: NodeJS.Signals): Promise<void> {
+async function shutDown(mirror: Mirror, app: FastifyInstance, signal: NodeJS.Signals, beforeClose: () => Promise<void>): Promise<void> {
   const { log, config } = mirror
   const total = config.timeouts.shutdownMs
   // The last part of the bound is kept for writing access times after a cut.
@@ -115,7 +121,8 @@ async function shutDown(mirror: Mirror, app: FastifyInstance, signal: NodeJS.Sig
       mirror.destroyUpstreams()
       log.warn({ timeoutMs: total, transfersCut: transfers, fillsCut: fills.length, digests: fills.slice(0, 10) }, 'shutdown deadline: cut the remaining transfers and fills')
     }
-    await Promise.race([mirror.close(), hardStop])
+    // The insights history is saved once the last transfers have ended, so their pulls are in it.
+    await Promise.race([beforeClose().catch((err: unknown) => log.error({ err }, 'insights: could not save the history')).then(() => mirror.close()), hardStop])
   } catch (err) {
     log.error({ err }, 'error during shutdown')
   } finally {

@@ -16,6 +16,7 @@ import { createBlobStore } from './storage/create.js'
 import { LayoutError } from './storage/filesystem.js'
 import { UpstreamClient } from './upstream/client.js'
 import { RateLimitTracker } from './upstream/rate-limit.js'
+import type { RequestListener } from './routes/served.js'
 import { Router } from './upstream/router.js'
 
 /** Everything a request needs, wired once from the configuration. */
@@ -37,6 +38,8 @@ export interface Mirror {
   readonly evictor: Evictor
   /** Responses written outside fastify's reply (blobs sent from files and fills), for shutdown to wait on. */
   readonly transfers: Set<Promise<void>>
+  /** Hear every manifest and blob request answered (insights). */
+  readonly requestListeners: Set<RequestListener>
   /** True once the store has been initialised (for /readyz). */
   storeReady: boolean
   /** Writes what must survive (access times) and closes upstream connections once their requests end. */
@@ -138,6 +141,7 @@ export async function createMirror(config: Config, log: Logger, options: MirrorO
     rateLimits,
     evictor,
     transfers: new Set(),
+    requestListeners: new Set(),
     storeReady: false,
     async close() {
       await evictor.stop()

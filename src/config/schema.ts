@@ -8,6 +8,7 @@ import { ConfigError, Invalid, configErrorOf, dottedKey, joinKey, type Messages 
 import { DAY_MS, Duration, GIB, Int, Listen, MIB, OneOf, Size, Text } from './fields.js'
 import { resolveStorage, Storage, type StorageConfig } from './storage.js'
 import { resolveUpstream, Upstreams, type SecretReader, type UpstreamConfig } from './upstreams.js'
+import { Insights } from './insights.js'
 import { Prefetch, Prepull, Prewarm } from './warming.js'
 
 export { ConfigError } from './errors.js'
@@ -15,6 +16,7 @@ export { parseListen } from './fields.js'
 export type { FilesystemStorageConfig, S3StorageConfig, StorageConfig } from './storage.js'
 export type { SecretReader, UpstreamConfig } from './upstreams.js'
 export type { PrefetchConfig, PrepullConfig, PrewarmConfig } from './warming.js'
+export type { InsightsConfig } from './insights.js'
 
 const Cache = Type.Transform(Type.Object({
   // Ages compared with clocks, not timers: up to a year.
@@ -115,6 +117,7 @@ export const ConfigSchema = Type.Transform(Type.Object({
   prefetch: Prefetch,
   prewarm: Prewarm,
   prepull: Prepull,
+  insights: Insights,
   log: Log,
 }, { additionalProperties: false, problem: 'the config file must be a YAML mapping' })).Decode(({ log, ...c }) => {
   if (c.defaultUpstream !== undefined && !c.upstreams.has(c.defaultUpstream)) {

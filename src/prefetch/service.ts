@@ -1,6 +1,7 @@
 import { Slots } from '../limits/slots.js'
 import { MAX_TIMER_MS } from '../config/fields.js'
 import type { Mirror } from '../mirror.js'
+import { readSmallBlob } from '../storage/small-blob.js'
 import type { UpstreamClient } from '../upstream/client.js'
 import { PrefetchJobs } from './jobs.js'
 import type { WarmDeps } from './warm-image.js'
@@ -26,13 +27,7 @@ export function createPrefetchJobs(mirror: Mirror): PrefetchJobs {
     },
     manifest: async (target) => (await mirror.manifests.get(target)).manifest,
     warmBlob: (target) => mirror.blobs.warm(target, 'background'),
-    readSmallBlob: async (digest) => {
-      const info = await mirror.store.stat(digest)
-      if (info === undefined || info.size > MAX_CONFIG_BYTES) return undefined
-      const chunks: Buffer[] = []
-      for await (const chunk of await mirror.store.read(digest)) chunks.push(chunk as Buffer)
-      return Buffer.concat(chunks)
-    },
+    readSmallBlob: (digest) => readSmallBlob(mirror.store, digest, MAX_CONFIG_BYTES),
     blobSlots,
   }
   return new PrefetchJobs(deps, {

@@ -3,7 +3,7 @@ import type { ImageReference } from '../oci/reference.js'
 import type { BlobTarget, Warming } from '../cache/blobs.js'
 import type { ManifestTarget } from '../cache/manifests.js'
 import type { UpstreamClient } from '../upstream/client.js'
-import { parseManifest, pickPlatform, platformOfConfig, type Descriptor } from './image-manifest.js'
+import { parseManifest, pickPlatform, platformOfConfig, type Descriptor } from '../oci/image-manifest.js'
 
 /** What warming an image needs of the mirror: routing, manifests and blob fills, nothing more. */
 export interface WarmDeps {

@@ -2,6 +2,7 @@ import { STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } 
 import type { Duplex } from 'node:stream'
 import type { FastifyBaseLogger, FastifyError, FastifyReply, FastifyRequest } from 'fastify'
 import { RegistryError } from '../oci/errors.js'
+import { requestSeq } from './served.js'
 
 /** Sent on every answer, errors included: clients check it to know they talk to a registry. */
 const API_VERSION = { 'docker-distribution-api-version': 'registry/2.0' } as const
@@ -14,7 +15,7 @@ const readOnly = (method: string): RegistryError =>
 
 /** Gives a request its context and the API version header; first thing for every request fastify sees. */
 export function beginRequest(request: FastifyRequest, reply: FastifyReply): void {
-  request.stevedore = { kind: 'other', startedAt: process.hrtime.bigint() }
+  request.stevedore = { kind: 'other', startedAt: process.hrtime.bigint(), seq: requestSeq() }
   void reply.headers(API_VERSION)
 }
 

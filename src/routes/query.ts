@@ -29,46 +29,46 @@ type Kind = V2Path['kind']
  * on one of two values, or passing junk on, would only fail later as a 5xx.
  */
 export function parseQuery(query: unknown, kind: Kind): V2Query {
-  const ns = single(query, 'ns')
+  const ns = singleParam(query, 'ns')
   const out: { -readonly [K in keyof V2Query]: V2Query[K] } = {}
   if (ns !== undefined && ns !== '') {
-    if (!isValidRegistryHost(ns)) throw invalid('ns', 'is not a registry host', ns)
+    if (!isValidRegistryHost(ns)) throw invalidParam('ns', 'is not a registry host', ns)
     out.ns = ns
   }
   if (kind === 'tags') {
-    const n = single(query, 'n')
+    const n = singleParam(query, 'n')
     if (n !== undefined && n !== '') {
       const value = /^[0-9]{1,6}$/.test(n) ? Number(n) : Number.NaN
-      if (!(value <= MAX_PAGE)) throw invalid('n', `is not a whole number from 0 to ${MAX_PAGE}`, n)
+      if (!(value <= MAX_PAGE)) throw invalidParam('n', `is not a whole number from 0 to ${MAX_PAGE}`, n)
       out.n = value
     }
-    const last = single(query, 'last')
+    const last = singleParam(query, 'last')
     if (last !== undefined && last !== '') {
-      if (!isValidTag(last)) throw invalid('last', 'is not a tag', last)
+      if (!isValidTag(last)) throw invalidParam('last', 'is not a tag', last)
       out.last = last
     }
   }
   if (kind === 'referrers') {
-    const type = single(query, 'artifactType')
+    const type = singleParam(query, 'artifactType')
     if (type !== undefined && type !== '') {
-      if (!MEDIA_TYPE.test(type)) throw invalid('artifactType', 'is not a media type', type)
+      if (!MEDIA_TYPE.test(type)) throw invalidParam('artifactType', 'is not a media type', type)
       out.artifactType = type
     }
   }
   return out
 }
 
-/** One parameter's value: undefined when absent; only an own property counts (never `toString` and kin). */
-function single(query: unknown, name: string): string | undefined {
+/** One parameter's value: undefined when absent; only an own property counts (never `toString` and kin). A repeated one is the client's 400. */
+export function singleParam(query: unknown, name: string): string | undefined {
   if (query === null || typeof query !== 'object' || !Object.hasOwn(query, name)) return undefined
   const value: unknown = (query as Record<string, unknown>)[name]
   if (typeof value === 'string') return value
   if (Array.isArray(value)) throw new RegistryError('UNSUPPORTED', `query parameter ${name} is given more than once`, { status: 400, detail: { parameter: name, count: value.length } })
   if (value === undefined) return undefined
-  throw invalid(name, 'is not a string', String(value))
+  throw invalidParam(name, 'is not a string', String(value))
 }
 
-function invalid(name: string, reason: string, value: string): RegistryError {
+export function invalidParam(name: string, reason: string, value: string): RegistryError {
   // Echo a bounded prefix: the detail is for a human, not a second copy of a 16 KB URL.
   return new RegistryError('UNSUPPORTED', `query parameter ${name} ${reason}`, { status: 400, detail: { parameter: name, value: value.slice(0, 256) } })
 }

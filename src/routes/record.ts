@@ -1,5 +1,6 @@
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { Mirror } from '../mirror.js'
+import { announceServed } from './served.js'
 
 /**
  * The one log line and the metrics of a finished request. Called by the
@@ -16,6 +17,7 @@ export function recordResponse(mirror: Mirror, request: FastifyRequest, reply: F
   const status = reply.raw.statusCode
   mirror.metrics.requests.inc({ route: ctx.kind, method: request.method, status: String(status) })
   if (ctx.kind === 'ops') return
+  announceServed(mirror, request, reply, seconds)
   if ((ctx.kind === 'blob' || ctx.kind === 'manifest') && ctx.cache !== undefined) {
     mirror.metrics.requestDuration.observe({ kind: ctx.kind, result: ctx.cache }, seconds)
     if (finished && ctx.bytes !== undefined && ctx.bytes > 0) {

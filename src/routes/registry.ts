@@ -10,6 +10,7 @@ import type { Route } from '../upstream/router.js'
 import { parseQuery } from './query.js'
 import { recordResponse } from './record.js'
 import { WriteTimeoutError, endBlob, watchWrites, writeBlob } from './send-blob.js'
+import { announceBlobStart } from './served.js'
 import { parseV2Path } from './v2-path.js'
 
 /**
@@ -61,6 +62,7 @@ async function serveManifest(mirror: Mirror, request: FastifyRequest, reply: Fas
   const { manifest } = answer
   ctx.cache = answer.cache
   ctx.digest = manifest.digest
+  ctx.manifest = manifest
   mirror.metrics.cacheResults.inc({ kind: 'manifest', result: answer.cache })
   reply
     .header('content-type', manifest.mediaType)
@@ -93,6 +95,7 @@ async function serveBlob(mirror: Mirror, request: FastifyRequest, reply: Fastify
   mirror.metrics.cacheResults.inc({ kind: 'blob', result: answer.cache })
   if (answer.kind === 'redirect') {
     ctx.bytes = 0
+    ctx.redirect = true
     return reply.code(307).header('location', answer.url).send()
   }
   reply.type('application/octet-stream')
@@ -105,6 +108,7 @@ async function serveBlob(mirror: Mirror, request: FastifyRequest, reply: Fastify
     ctx.bytes = answer.size
   }
   observeFirstByte(mirror, request, reply)
+  announceBlobStart(mirror, request)
   if (answer.kind !== 'stream') return sendSource(mirror, request, reply, answer.source, answer.range?.start ?? 0)
   const body = answer.body
   // A client that goes away must release the store's stream.
@@ -155,6 +159,7 @@ function observeFirstByte(mirror: Mirror, request: FastifyRequest, reply: Fastif
   const ctx = request.stevedore
   res.write = function patched(this: typeof res, ...args: Parameters<typeof write>) {
     res.write = write
+    ctx.firstByteAt = Date.now()
     mirror.metrics.timeToFirstByte.observe({ kind: ctx.kind, result: ctx.cache ?? 'miss' }, Number(process.hrtime.bigint() - ctx.startedAt) / 1e9)
     return write.apply(this, args)
   } as typeof write

@@ -10,7 +10,7 @@ import { join } from 'node:path'
 import fc from 'fast-check'
 import t from 'tap'
 import { request } from 'undici'
-import { apiRequestArb, problems, rawArb, requestArb, type HostileRequest } from '../harness/hostile.js'
+import { apiRequestArb, insightsQueryArb, problems, rawArb, requestArb, type HostileRequest } from '../harness/hostile.js'
 import { REPO_ROOT } from '../harness/mirror.js'
 import { rawExchange, type RawAnswer } from '../harness/raw-http.js'
 import { startStack } from '../harness/stack.js'
@@ -98,6 +98,7 @@ t.test('hostile input against a real mirror', async (t) => {
   await run('HTTP/1.1 requests with random parts', requestArb(targets), 300)
   await run('malformed request lines and framing', rawArb(targets), 120)
   await run('JSON API requests with random bodies', apiRequestArb(targets), 150)
+  await run('insights and status page requests with random queries', insightsQueryArb(targets), 150)
 
   await s.mirror.settle()
   t.equal(s.mirror.exitStatus(), null, 'the mirror process is still running')

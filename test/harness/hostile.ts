@@ -178,6 +178,19 @@ export function apiRequestArb(t: HostileTargets): fc.Arbitrary<HostileRequest> {
   })
 }
 
+/** GETs of the insights API and the status page with random query strings. */
+export function insightsQueryArb(t: HostileTargets): fc.Arbitrary<HostileRequest> {
+  const value = fc.oneof(fc.constantFrom('1', '0', '-1', '50', '99999999', '1e3', '', '%00', '%ZZ', `${t.upstreamHost}/${t.repo}:${t.tags[0] ?? 'latest'}`), junk(20).map(encodeURIComponent))
+  const param = fc.tuple(fc.constantFrom('limit', 'image', 'minutes', 'refresh', '__proto__', 'constructor', 'x'), value).map(([k, v]) => `${k}=${v}`)
+  const query = fc.array(param, { maxLength: 4 }).map((ps) => (ps.length === 0 ? '' : `?${ps.join('&')}`))
+  const path = fc.constantFrom('/api/v1/pulls', '/api/v1/images', '/api/v1/layers', '/api/v1/summary', '/api/v1/timeline', '/', '/ui/status.js')
+  return fc.tuple(fc.constantFrom('GET', 'GET', 'HEAD'), path, query).map(([method, p, q]) => ({
+    method,
+    bytes: `${method} ${p}${q} HTTP/1.1\r\nhost: mirror.test\r\nconnection: close\r\n\r\n`,
+    mustAnswer: true,
+  }))
+}
+
 /** Malformed request lines and framing; a server may also wait for more bytes on some of these. */
 export function rawArb(t: HostileTargets): fc.Arbitrary<HostileRequest> {
   const line = fc.oneof(

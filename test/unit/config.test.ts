@@ -223,3 +223,10 @@ t.test('units', async (t) => {
   t.equal(parseSize(-1), undefined)
   t.equal(parseDuration(Number.NaN), undefined)
 })
+
+t.test('the example config file in the package is valid, and says the defaults of insights', async (t) => {
+  const c = loadConfig({ file: new URL('../../config/stevedore.example.yaml', import.meta.url).pathname, env: {} })
+  const d = loadConfig({ env: {} })
+  t.same(c.insights, d.insights, 'insights: the example shows the defaults')
+  t.same(c.prefetch, d.prefetch, 'prefetch too')
+})

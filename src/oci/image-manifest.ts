@@ -1,7 +1,7 @@
-// What a prefetch needs from a manifest's JSON: an index's entries by
-// platform, or an image's config and layers. Anything else is an error.
-import { parseDigest } from '../oci/digest.js'
-import { MediaType } from '../oci/media-types.js'
+// What a manifest JSON says of itself: an index's entries by platform, or an
+// image's config and layers. Read by prefetch (what to fetch) and insights (what a pull is).
+import { parseDigest } from './digest.js'
+import { MediaType } from './media-types.js'
 
 export interface Descriptor {
   readonly digest: string
