@@ -2,7 +2,7 @@
 import type { TimelinePoint } from '../src/insights/types.js'
 
 /** How a value is shown; `data-format` on the page names one. */
-export type FormatName = 'bytes' | 'seconds' | 'percent' | 'count' | 'ago' | 'utc' | 'text' | 'client' | 'layers' | 'quota' | 'budget' | 'health'
+export type FormatName = 'bytes' | 'seconds' | 'percent' | 'count' | 'ago' | 'utc' | 'text' | 'client' | 'layers' | 'cacheUse' | 'budget' | 'health'
 
 /** `value` as the page shows it (an unknown name shows it as text); `now` (ISO) is what `ago` counts from. */
 export function format(name: FormatName, value: unknown, now?: string): string

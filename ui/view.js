@@ -94,9 +94,11 @@ function layers(v) {
   return `${count(v.fetched)} of ${count(v.total)}`
 }
 
-/** A cache quota: none set is no quota. */
-function quota(v) {
-  return isNumber(v) ? bytes(v) : 'no quota'
+/** How full the cache is (a summary's `cache`): "36.8% of the 50 GB quota", or that there is none. */
+function cacheUse(v) {
+  if (v === null || typeof v !== 'object') return DASH
+  if (!isNumber(v.quota)) return 'no quota set'
+  return `${percent(v.usedRatio)} of the ${bytes(v.quota)} quota`
 }
 
 /** The ratelimit-remaining an upstream announced; none announced is no limit known. */
@@ -112,7 +114,7 @@ function health(v) {
   return 'ok'
 }
 
-const FORMATS = { bytes, seconds, percent, count, ago, utc, text, client, layers, quota, budget, health }
+const FORMATS = { bytes, seconds, percent, count, ago, utc, text, client, layers, cacheUse, budget, health }
 
 /** `value` as the page shows it, by the name of its format; `now` (ISO) is what `ago` counts from. */
 export function format(name, value, now) {

@@ -76,7 +76,7 @@ ${card('Served from cache', big('bytes.fromCache', 'bytes'), html`of ${field('by
 ${card('Upstream saved', big('upstreamSaved.bytes', 'bytes'), html`${field('upstreamSaved.requests', 'count')} requests not sent upstream`)}
 ${card('Pulls', big('pulls.total', 'count'), html`${field('pulls.cold', 'count')} cold · ${field('pulls.warm', 'count')} warm · ${field('pulls.partial', 'count')} partial · ${field('pulls.failed', 'count')} failed · ${field('pulls.resolves', 'count')} resolves`)}
 ${card('Fills in progress', big('fillsInProgress', 'count'), html`layers being fetched from upstreams now`)}
-${card('Cache', big('cache.size', 'bytes'), html`quota ${field('cache.quota', 'quota')} · ${field('cache.usedRatio', 'percent')} used`,
+${card('Cache', big('cache.size', 'bytes'), field('cache', 'cacheUse'),
     html`<meter min="0" max="1" low="0.8" high="0.95" optimum="0" data-meter="cache.usedRatio" value="${usedRatio ?? 0}"${usedRatio === null ? html` hidden` : ''}></meter>`)}
 </section>
 <section class="panel">
