@@ -1,5 +1,6 @@
 // A stand-in InsightsView with fixture data built to the API's types, and
-// the real app (buildApp, in this process) serving the status page over it.
+// the real app (buildApp, in this process) serving the status page and the
+// insights API over it.
 // Stand-in: the figures are made up, so tests can make them hostile, empty,
 // or change them between two looks; tests of real pulls use a real mirror.
 import { writeFile } from 'node:fs/promises'
@@ -7,11 +8,11 @@ import { join } from 'node:path'
 import bcrypt from 'bcryptjs'
 import type { FastifyInstance } from 'fastify'
 import type { Test } from 'tap'
-import type { ApiRoute } from '../../src/api/plugin.js'
 import { buildApp } from '../../src/app.js'
 import { ClientAuth } from '../../src/auth/client-auth.js'
 import { validateConfig } from '../../src/config/schema.js'
 import { statusPage, type StatusPageOptions } from '../../src/insights/page/routes.js'
+import { insightsRoutes } from '../../src/insights/routes.js'
 import type { ImageInsight, InsightsView, PullRecord, Summary, TimelinePoint } from '../../src/insights/types.js'
 import { createMirror } from '../../src/mirror.js'
 import { createLogger } from '../../src/observability/logger.js'
@@ -219,20 +220,6 @@ export class StandInView implements InsightsView {
   }
 }
 
-const whole = (v: unknown, fallback: number): number => (typeof v === 'string' && /^[0-9]+$/.test(v) ? Number(v) : fallback)
-
-/** Stand-in /api/v1 routes over the view: just enough for the page's script to refresh from. */
-export function standInApi(view: InsightsView): ApiRoute[] {
-  const q = (request: { query: unknown }): Record<string, unknown> => (request.query ?? {}) as Record<string, unknown>
-  return [
-    { url: '/summary', GET: async () => view.summary() },
-    { url: '/images', GET: async (request) => view.images({ limit: whole(q(request)['limit'], 50) }) },
-    { url: '/pulls', GET: async (request) => view.pulls({ limit: whole(q(request)['limit'], 50) }) },
-    { url: '/layers', GET: async (request) => view.layers({ limit: whole(q(request)['limit'], 50) }) },
-    { url: '/timeline', GET: async (request) => view.timeline({ minutes: whole(q(request)['minutes'], 360) }) },
-  ]
-}
-
 export interface PageApp {
   readonly url: string
   readonly app: FastifyInstance
@@ -240,7 +227,7 @@ export interface PageApp {
 
 /**
  * The real app (buildApp over a real mirror object, in this process, on
- * 127.0.0.1) with the status page over `view`, and stand-in API routes;
+ * 127.0.0.1) with the status page and the insights API over `view`;
  * with `auth`, client authentication on as `auth.htpasswd` configures it.
  */
 export async function startPageApp(t: Test, view: InsightsView, opts: { auth?: { user: string; password: string }; page?: StatusPageOptions } = {}): Promise<PageApp> {
@@ -255,7 +242,7 @@ export async function startPageApp(t: Test, view: InsightsView, opts: { auth?: {
     auth = new ClientAuth({ htpasswd, log, compare: (password, hash) => bcrypt.compare(password, hash) })
     await auth.start()
   }
-  const app = buildApp(mirror, { ...(auth !== undefined ? { auth } : {}), api: standInApi(view), pages: statusPage(view, opts.page) })
+  const app = buildApp(mirror, { ...(auth !== undefined ? { auth } : {}), api: insightsRoutes(view, { recentPulls: 1000, maxImages: 2000 }), pages: statusPage(view, opts.page) })
   t.teardown(async () => {
     await app.close()
     auth?.close()

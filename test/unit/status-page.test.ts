@@ -52,8 +52,8 @@ t.test('formats', async (t) => {
     ['client', { address: '10.0.0.1', node: 'node-a' }, 'node-a'],
     ['client', { address: '10.0.0.1' }, '10.0.0.1'],
     ['layers', { total: 4, fetched: 2 }, '2 of 4'],
-    ['quota', null, 'no quota'],
-    ['quota', 50_000_000_000, '50 GB'],
+    ['cacheUse', { size: 0, quota: null, usedRatio: null }, 'no quota set'],
+    ['cacheUse', { size: 18_400_000_000, quota: 50_000_000_000, usedRatio: 0.368 }, '36.8% of the 50 GB quota'],
     ['budget', null, 'not announced'],
     ['budget', 87, '87'],
     ['health', { requests: 420, errors: 3, pausedSeconds: 0 }, '0.7% errors'],
@@ -113,6 +113,7 @@ t.test('the page, from fixture figures with hostile names', async (t) => {
   t.equal(byField.get('bytes.hitRatio'), '87.3%')
   t.equal(byField.get('upstreamSaved.requests'), '1,180')
   t.equal(byField.get('cache.size'), '18 GB')
+  t.equal(byField.get('cache'), '36.8% of the 50 GB quota')
   t.equal(byField.get('since'), '3 d ago')
   t.equal(byField.get('now'), '2026-12-03 14:00:00 UTC')
   t.match(page, '<meter min="0" max="1" low="0.8" high="0.95" optimum="0" data-meter="cache.usedRatio" value="0.368">')
@@ -137,7 +138,7 @@ t.test('the page of a mirror that served nothing', async (t) => {
   t.equal(byField.get('requests.hitRatio'), '—', 'no ratio of nothing')
   t.equal(byField.get('bytes.hitRatio'), '—')
   t.equal(byField.get('pulls.total'), '0')
-  t.equal(byField.get('cache.quota'), 'no quota')
+  t.equal(byField.get('cache'), 'no quota set')
   t.equal(byField.get('timeline.pulls'), '0')
   t.equal(byField.get('timeline.maxSeconds'), '—')
   t.match(page, '<table data-rows="images" hidden>', 'no images table')
