@@ -10,6 +10,7 @@ import { readCertificates, reloadCertificates } from './tls/certificates.js'
 import { createMirror, initStore, type Mirror } from './mirror.js'
 import { createLogger } from './observability/logger.js'
 import { parseImageReference } from './oci/reference.js'
+import { statusPage } from './insights/page/routes.js'
 import { startInsights } from './insights/service.js'
 import { prefetchRoutes } from './prefetch/routes.js'
 import { createPrefetchJobs } from './prefetch/service.js'
@@ -64,7 +65,9 @@ export async function serve(options: LoadOptions): Promise<number> {
     // An annotation must not make every node pull from a registry the mirror does not serve.
     ...prepullRoutes(config.prepull.images, () => (prewarmer?.prepullImages() ?? []).filter(mirrors)),
   ]
-  const app = buildApp(mirror, { ...(auth !== undefined ? { auth } : {}), ...(tls !== undefined ? { tls } : {}), api })
+  // The status page reads what the API serves: never more recent pulls than the ring keeps.
+  const pages = insights === undefined ? undefined : statusPage(insights.insights, { recentPulls: Math.min(20, config.insights.recentPulls) })
+  const app = buildApp(mirror, { ...(auth !== undefined ? { auth } : {}), ...(tls !== undefined ? { tls } : {}), api, ...(pages !== undefined ? { pages } : {}) })
   const certificates = config.tls === undefined ? undefined : reloadCertificates(config.tls, (pair) => (app.server as unknown as TlsServer).setSecureContext(pair), log)
   await app.listen({ host: config.listen.host, port: config.listen.port })
   void warmUp(app.server.address(), tls !== undefined)
