@@ -12,6 +12,7 @@ import { createLogger } from './observability/logger.js'
 import { parseImageReference } from './oci/reference.js'
 import { statusPage } from './insights/page/routes.js'
 import { startInsights } from './insights/service.js'
+import type { KubeletPull } from './insights/types.js'
 import { prefetchRoutes } from './prefetch/routes.js'
 import { createPrefetchJobs } from './prefetch/service.js'
 import { submitPatiently } from './prefetch/submit-patiently.js'
@@ -55,6 +56,8 @@ export async function serve(options: LoadOptions): Promise<number> {
     prefetch: (request) => submitPatiently(prefetch, request, () => mirror.storeReady),
     mirrors,
     maxImagesPerJob: config.prefetch.maxImagesPerJob,
+    // The kubelets' own figures join the image's insights, beside the mirror's.
+    ...(insights !== undefined ? { onKubeletPull: (pull: KubeletPull) => insights.insights.kubeletPulled(pull) } : {}),
     metrics: mirror.metrics,
     log,
   })

@@ -112,6 +112,21 @@ t.test('kubelet Pulled events through the stand-in API server: each new pull onc
     t.equal(pullLines(mirror).length, 6, 'one log line per pull counted (as including_waiting), none for what was listed again')
   })
 
+  await t.test('a pull of a mirrored image joins that image\'s insights, beside the mirror\'s own figures', async (t) => {
+    api.add(kubeletEvent('app-0.a', { pod: 'app-0', node: 'node-1', message: pulled('registry.test/shop/app:3', '2.5s', '3.5s') }))
+    api.add(kubeletEvent('app-1.a', { pod: 'app-1', node: 'node-2', message: pulled('registry.test/shop/app:3', '1.5s', '1.5s') }))
+    type Images = { images: Array<{ image: string; pulls: number; kubelet?: { pulls: number; pullSeconds: { p50?: number; max?: number }; includingWaitingSeconds: { max?: number } } }> }
+    let app: Images['images'][number] | undefined
+    await waitFor(async () => {
+      const body = (await (await fetch(`${mirror.url}/api/v1/images`)).json()) as Images
+      app = body.images.find((i) => i.image === 'registry.test/shop/app:3')
+      return app?.kubelet?.pulls === 2
+    }, 15_000, 'the kubelet figures in /api/v1/images')
+    t.match(app, { pulls: 0, kubelet: { pulls: 2, pullSeconds: { p50: 1.5, max: 2.5 }, includingWaitingSeconds: { max: 3.5 } } }, 'the kubelets\' pull and including-waiting times, normalised to the mirror\'s name for the image')
+    const body = (await (await fetch(`${mirror.url}/api/v1/images`)).json()) as Images
+    t.notOk(body.images.some((i) => i.image.startsWith('ghcr.io')), 'an image of a registry the mirror does not serve is only in the metric')
+  })
+
   await t.test('a restarted mirror counts none of the hour\'s events it lists again, and the next pull', async (t) => {
     await mirror.stop()
     // Pulled while the mirror was down: before the new process started, so not counted (the trade for never counting twice).
