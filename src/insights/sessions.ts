@@ -177,7 +177,8 @@ export class PullSessions {
       return
     }
     if (same !== undefined) this.end(client, same)
-    const from = client.indexes.find((i) => i.repository === r.repository && i.upstream === r.upstream && i.entries.has(r.digest as string))
+    // The latest resolution of an index that lists it: an earlier one belongs to an earlier pull.
+    const from = [...client.indexes].reverse().find((i) => i.repository === r.repository && i.upstream === r.upstream && i.entries.has(r.digest as string))
     if (from !== undefined) {
       from.used = true
       from.lastAt = r.endedAt

@@ -1,11 +1,14 @@
 // Pull sessions and image insights, from real pulls: containerd and skopeo
 // through the mirror, the real upstream registry behind it.
+import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import t from 'tap'
 import { startContainerd, writeHostsToml } from '../harness/containerd.js'
 import { MT, pushBlob, pushManifest, writeLayer, type BuiltImage } from '../harness/images.js'
+import { REPO_ROOT, startMirror } from '../harness/mirror.js'
 import { startStack, type Stack } from '../harness/stack.js'
 import { requireTools, run, sha256, tempDir, waitFor } from '../harness/tools.js'
+import type { ReportDocument } from '../../src/insights/report/document.js'
 import type { ImageInsight, ImagesResponse, LayersResponse, PullRecord, PullsResponse, Summary, TimelineResponse } from '../../src/insights/types.js'
 
 const getJson = async <T>(s: Stack, path: string): Promise<T> => {
@@ -13,6 +16,9 @@ const getJson = async <T>(s: Stack, path: string): Promise<T> => {
   if (res.status !== 200) throw new Error(`GET ${path}: ${res.status} ${await res.text()}`)
   return (await res.json()) as T
 }
+
+/** Ignored by git: the report of this run, for a human to read. */
+const ARTIFACTS = join(REPO_ROOT, 'test', 'artifacts')
 
 const blobBytes = (img: BuiltImage): number => img.config.size + img.layers.reduce((n, l) => n + l.size, 0)
 
@@ -70,6 +76,7 @@ t.test('pulls by containerd and skopeo become pull records and image insights th
   r = await ctrd.pull(indexRef, { hostsDir, plainHttp: true })
   t.equal(r.code, 0, `ctr pull again: ${r.stderr.slice(-300)}`)
   pulls = await waitPulls(2, 'the warm pull to be recorded')
+  t.ok(Date.parse((pulls[0] as PullRecord).startedAt) >= Date.parse(cold.endedAt), 'the second pull starts after the first ended (timed from its own index request)')
   t.match(pulls[0], { image: `${host}/${s.repo}:index`, cache: 'warm', bytesFromCache: blobBytes(s.oci), bytesFromUpstream: 0, layers: { total: 2, fetched: 2 } }, 'the warm pull: all from the cache')
 
   // 3. A pull of what containerd has: it checks the tag and moves no blob, a resolve.
@@ -143,6 +150,31 @@ t.test('pulls by containerd and skopeo become pull records and image insights th
   t.equal(metric(`stevedore_image_pull_duration_seconds_count{upstream="${host}",cache="cold"}`), 2)
   t.equal(metric(`stevedore_image_resolves_total{upstream="${host}"}`), 1)
   t.equal(metric('stevedore_upstream_bytes_saved_total'), summary.upstreamSaved.bytes, 'bytes saved: the metric and the summary agree')
+
+  // `stevedore report` over this replica and a second one (its own disk and name) that served one more pull.
+  const second = await startMirror(t, { config: { ...s.config, storage: { filesystem: { root: join(work, 'cache-b') } }, insights: { sessionIdle: '1s', instance: 'replica-b' } } })
+  const copied = await run('skopeo', ['copy', '--src-tls-verify=false', `docker://${second.host}/${s.repo}:docker`, `dir:${join(work, 'copy-b')}`], { timeoutMs: 60_000 })
+  t.equal(copied.code, 0, `skopeo through the second replica: ${copied.stderr.slice(-300)}`)
+  await waitFor(async () => ((await (await fetch(`${second.url}/api/v1/pulls`)).json()) as PullsResponse).pulls.length === 1, 10_000, 'the second replica\'s pull')
+  const cli = join(REPO_ROOT, 'dist', 'cli.js')
+  const json = await run(process.execPath, [cli, 'report', '--mirror', s.mirror.url, '--mirror', second.url, '--json'], { timeoutMs: 30_000 })
+  t.equal(json.code, 0, `report --json: ${json.stderr}`)
+  const doc = JSON.parse(json.stdout) as ReportDocument
+  t.same(doc.mirrors.map((m) => [m.state, 'instance' in m ? m.instance : undefined]), [['merged', 'local'], ['merged', 'replica-b']], 'both replicas merged')
+  t.match(doc.summary.pulls, { total: 6, cold: 3, warm: 2, partial: 1, resolves: 1 }, 'the pulls of both replicas')
+  const docker = doc.images.find((i) => i.image === `${host}/${s.repo}:docker`)
+  t.match(docker, { pulls: 2, cold: 2, size: blobBytes(s.docker), layerCount: 2 }, 'one image pulled on each replica: one row, its pulls summed')
+  t.equal(docker?.coldSeconds.samples.length, 2, 'its cold samples pooled')
+  t.same(doc.images.find((i) => i.image === `${host}/${s.repo}:index`), images.find((i) => i.image === `${host}/${s.repo}:index`), 'an image of one replica, as that replica reports it')
+  t.equal(doc.pulls.length, 6, 'every pull of both')
+  const text = await run(process.execPath, [cli, 'report', '--mirror', s.mirror.url, '--mirror', second.url, '--top', '5'], { timeoutMs: 30_000 })
+  t.equal(text.code, 0, `report: ${text.stderr}`)
+  for (const heading of ['Top images by pull-seconds', 'Slowest cold pulls', 'Largest layers', 'What the mirror saved', 'Size advice']) t.match(text.stdout, heading, `the report has "${heading}"`)
+  t.match(text.stdout, new RegExp(`${host.replace(/[.]/g, '\\.')}/${s.repo}:docker\\s+2\\s+2\\s`), 'the Docker image\'s row: 2 pulls, 2 cold')
+  t.match(text.stdout, /Sharing no layer with any other image here[^\n]*\n[^\n]*\n[^\n]*:docker/, 'advice: the Docker image shares no layer')
+  await mkdir(ARTIFACTS, { recursive: true })
+  await writeFile(join(ARTIFACTS, 'report.txt'), text.stdout)
+  await second.stop()
 
   // A restart keeps the history.
   await s.mirror.stop()

@@ -96,6 +96,19 @@ t.test('index, then the platform manifest: tag, index and platform from the inde
   t.match(h.ended, [{ tag: 'latest', index: digest('i'), platform: 'linux/arm64', startedAt: 1000 }])
 })
 
+t.test('pulled twice in a row: the second pull is timed from its own index request', async (t) => {
+  const h = harness(60_000)
+  const idx = index([[digest('m'), 'linux/amd64']])
+  const m = imageManifest(digest('c'), [[digest('a'), 10]])
+  for (const at of [1000, 5000]) {
+    h.manifest(digest('i'), idx, { tag: 'latest', method: 'HEAD', mediaType: OCI_INDEX, at })
+    h.manifest(digest('m'), m, { at: at + 10 })
+    h.blob(digest('c'))
+    h.blob(digest('a'))
+  }
+  t.same(h.ended.map((e) => e.startedAt), [1000, 5000])
+})
+
 t.test('a tag checked and nothing fetched is a resolve, once the client is quiet', async (t) => {
   const h = harness(1000)
   h.manifest(digest('i'), index([[digest('m'), 'linux/amd64']]), { tag: 'latest', method: 'HEAD', mediaType: OCI_INDEX })

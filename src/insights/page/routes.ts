@@ -1,6 +1,7 @@
 import type { FastifyInstance } from 'fastify'
 import { RegistryError } from '../../oci/errors.js'
 import type { InsightsView } from '../types.js'
+import { TIMELINE_MINUTES } from '../timeline.js'
 import { assetUrl, loadAssets, sendAsset } from './assets.js'
 import { renderPage } from './render.js'
 
@@ -55,7 +56,7 @@ export function refreshFromQuery(query: unknown, fallback: number): number {
  */
 export function statusPage(view: InsightsView, options: StatusPageOptions = {}): (app: FastifyInstance) => void {
   const refreshSeconds = whole('refreshSeconds', options.refreshSeconds, 10, REFRESH_BOUNDS.min, REFRESH_BOUNDS.max)
-  const timelineMinutes = whole('timelineMinutes', options.timelineMinutes, 360, 1, 7 * 24 * 60)
+  const timelineMinutes = whole('timelineMinutes', options.timelineMinutes, 360, 1, TIMELINE_MINUTES)
   const topImages = whole('topImages', options.topImages, 10, 1, 1000)
   const recentPulls = whole('recentPulls', options.recentPulls, 20, 1, 1000)
   const assets = loadAssets()
