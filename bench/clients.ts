@@ -120,8 +120,8 @@ function seconds(v: string): number {
 }
 
 /** wrk, one thread (the other core is the server's), `connections` connections, `durationS` seconds. */
-export async function wrk(url: string, opts: { connections: number; durationS: number; headers: Record<string, string> }): Promise<WrkResult> {
-  const args = ['-t1', `-c${opts.connections}`, `-d${opts.durationS}s`, '--latency', '--timeout', '10s']
+export async function wrk(url: string, opts: { connections: number; durationS: number; headers: Record<string, string>; extraArgs?: readonly string[] }): Promise<WrkResult> {
+  const args = ['-t1', `-c${opts.connections}`, `-d${opts.durationS}s`, '--latency', '--timeout', '10s', ...(opts.extraArgs ?? [])]
   for (const [k, v] of Object.entries(opts.headers)) args.push('-H', `${k}: ${v}`)
   args.push(url)
   const r = await run('wrk', args, { timeoutMs: (opts.durationS + 30) * 1000 })

@@ -17,7 +17,7 @@ export interface Stevedore {
   restart(opts: { wipe: boolean }): Promise<void>
 }
 
-export async function startStevedore(scope: Scope, name: string, registryHost: string, upstreamUrl: string, env?: NodeJS.ProcessEnv): Promise<Stevedore> {
+export async function startStevedore(scope: Scope, name: string, registryHost: string, upstreamUrl: string, env?: NodeJS.ProcessEnv, extraConfig: Record<string, unknown> = {}): Promise<Stevedore> {
   const cacheRoot = await makeTemp(`stevedore-bench-cache-${name}`)
   scope.teardown(() => removeDir(cacheRoot))
   const config = {
@@ -25,6 +25,7 @@ export async function startStevedore(scope: Scope, name: string, registryHost: s
     upstreams: { [registryHost]: { url: upstreamUrl } },
     defaultUpstream: registryHost,
     cache: { tagTtl: '5m' },
+    ...extraConfig,
   }
   const mirror = await startMirror(scope.asTest(), { config, ...(env !== undefined ? { env } : {}) })
   return {

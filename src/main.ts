@@ -127,8 +127,11 @@ async function shutDown(mirror: Mirror, app: FastifyInstance, signal: NodeJS.Sig
       mirror.destroyUpstreams()
       log.warn({ timeoutMs: total, transfersCut: transfers, fillsCut: fills.length, digests: fills.slice(0, 10) }, 'shutdown deadline: cut the remaining transfers and fills')
     }
-    // The insights history is saved once the last transfers have ended, so their pulls are in it.
-    await Promise.race([beforeClose().catch((err: unknown) => log.error({ err }, 'insights: could not save the history')).then(() => mirror.close()), hardStop])
+    // Transfers cut above record themselves on their sockets' close: let those run first, so the
+    // insights history (saved beside the access times, not before them) has those pulls in it.
+    await new Promise((resolve) => setImmediate(resolve))
+    const history = beforeClose().catch((err: unknown) => log.error({ err }, 'insights: could not save the history'))
+    await Promise.race([Promise.all([history, mirror.close()]), hardStop])
   } catch (err) {
     log.error({ err }, 'error during shutdown')
   } finally {

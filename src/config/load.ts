@@ -35,7 +35,8 @@ export function readConfigDocument(file: string | undefined, env: NodeJS.Process
 
 /**
  * Loads the configuration. Precedence: command-line flags, then environment
- * variables (STEVEDORE_LISTEN, STEVEDORE_LOG_LEVEL, STEVEDORE_PREWARM_KUBERNETES), then the file, then the
+ * variables (STEVEDORE_LISTEN, STEVEDORE_LOG_LEVEL, STEVEDORE_PREWARM_KUBERNETES,
+ * STEVEDORE_INSIGHTS_INSTANCE), then the file, then the
  * embedded defaults.
  */
 export function loadConfig(options: LoadOptions = {}): Config {
@@ -45,8 +46,11 @@ export function loadConfig(options: LoadOptions = {}): Config {
   const listen = options.listen ?? (env['STEVEDORE_LISTEN'] || undefined)
   const logLevel = env['STEVEDORE_LOG_LEVEL'] || undefined
   const prewarm = prewarmFromEnv(env['STEVEDORE_PREWARM_KUBERNETES'])
+  // Every replica reads one config file: each one's history name comes from its own environment (a pod name).
+  const instance = env['STEVEDORE_INSIGHTS_INSTANCE'] || undefined
   return {
     ...config,
+    ...(instance !== undefined ? { insights: { ...config.insights, instance: validateConfig({ ...DEFAULT_CONFIG_DOCUMENT, insights: { instance } }, { env }).insights.instance } } : {}),
     ...(prewarm !== undefined ? { prewarm: { ...config.prewarm, kubernetes: { ...config.prewarm.kubernetes, enabled: prewarm } } } : {}),
     ...(listen !== undefined ? { listen: parseListen(listen, options.listen !== undefined ? '--listen' : 'STEVEDORE_LISTEN') } : {}),
     ...(logLevel !== undefined ? { logLevel: validateConfig({ ...DEFAULT_CONFIG_DOCUMENT, log: { level: logLevel } }, { env }).logLevel } : {}),

@@ -38,6 +38,8 @@ export const imageName = (upstream: string, repository: string, tag: string | un
 export class ImageTable {
   // Insertion order is recency: the first entry is the least recently pulled.
   private readonly images = new Map<string, ImageState>()
+  // Who has which layer, rebuilt only after the layers known changed: the API and the status page ask often.
+  private owners: Map<string, Set<string>> | undefined
 
   constructor(private readonly maxImages: number) {}
 
@@ -50,8 +52,10 @@ export class ImageTable {
     s.pulls++
     s[p.cache]++
     if (p.result === 'failed') s.failed++
-    ;(p.cache === 'warm' ? s.warmSeconds : s.coldSeconds).add(p.seconds)
-    s.pullSeconds += p.seconds
+    if (p.redirected !== true) {
+      ;(p.cache === 'warm' ? s.warmSeconds : s.coldSeconds).add(p.seconds)
+      s.pullSeconds += p.seconds
+    }
     s.lastPulled = at
     this.describe(s, p.digest, layers, configSize)
     if (p.platform !== undefined && !s.platforms.includes(p.platform)) s.platforms.push(p.platform)
@@ -120,16 +124,29 @@ export class ImageTable {
   private insert(s: ImageState): void {
     this.images.delete(s.image)
     this.images.set(s.image, s)
-    while (this.images.size > this.maxImages) this.images.delete(this.images.keys().next().value as string)
+    while (this.images.size > this.maxImages) this.images.delete(this.victim(s.image))
+    this.owners = undefined
+  }
+
+  /** What to forget: the least recently seen image never pulled through here (a tag scanner's, a kubelet-only one), else the least recently pulled. */
+  private victim(inserted: string): string {
+    let looked = 0
+    for (const s of this.images.values()) {
+      if (s.pulls === 0 && s.image !== inserted) return s.image
+      if (++looked >= 256) break
+    }
+    return this.images.keys().next().value as string
   }
 
   private describe(s: ImageState, digest: string, layers: readonly LayerRef[], configSize: number): void {
+    if (s.digest !== digest || s.layers.length !== layers.length) this.owners = undefined
     s.digest = digest
     s.layers = [...layers]
     s.configSize = configSize
   }
 
   private layerOwners(): Map<string, Set<string>> {
+    if (this.owners !== undefined) return this.owners
     const owners = new Map<string, Set<string>>()
     for (const s of this.images.values()) {
       for (const l of s.layers) {
@@ -138,6 +155,7 @@ export class ImageTable {
         set.add(s.image)
       }
     }
+    this.owners = owners
     return owners
   }
 }

@@ -156,7 +156,8 @@ export class Insights implements RequestListener, InsightsView {
 
   private ended(s: EndedSession): void {
     this.dirty = true
-    const id: ImageIdentity = { image: imageName(s.upstream, s.repository, s.tag, s.digest), upstream: s.upstream, repository: s.repository, tag: s.tag }
+    // Pulled by digest: named by the digest the client asked for (the index's), as the pod spec names it.
+    const id: ImageIdentity = { image: imageName(s.upstream, s.repository, s.tag, s.index ?? s.digest), upstream: s.upstream, repository: s.repository, tag: s.tag }
     if (s.blobs.length === 0) {
       this.totals.resolves++
       this.deps.metrics.imageResolves.inc({ upstream: s.upstream })
@@ -202,6 +203,7 @@ export class Insights implements RequestListener, InsightsView {
       bytesFromUpstream: fromUpstream,
       cache,
       result: s.blobs.some((b) => b.failed) ? 'failed' : 'ok',
+      ...(s.blobs.some((b) => b.redirect) ? { redirected: true } : {}),
     }
   }
 
@@ -209,13 +211,14 @@ export class Insights implements RequestListener, InsightsView {
     this.ring.push(p)
     const endedAt = Date.parse(p.endedAt)
     this.table.pulled(p, s.layers ?? [], s.config?.size ?? 0, endedAt)
-    this.perMinute.add(p, endedAt)
+    // A redirected pull's time ends when its last download began, not when it ended: untimed.
+    if (p.redirected !== true) this.perMinute.add(p, endedAt)
     const t = this.totals
     t.pulls++
     t[p.cache]++
     if (p.result === 'failed') t.failed++
     this.deps.metrics.imagePulls.inc({ upstream: p.upstream, cache: p.cache })
-    this.deps.metrics.imagePullDuration.observe({ upstream: p.upstream, cache: p.cache }, p.seconds)
+    if (p.redirected !== true) this.deps.metrics.imagePullDuration.observe({ upstream: p.upstream, cache: p.cache }, p.seconds)
     this.deps.log.info({ image: p.image, digest: p.digest, platform: p.platform, client: p.client.address, node: p.client.node, cache: p.cache, result: p.result, seconds: p.seconds, layers: p.layers, bytes: p.bytes }, 'pull')
     this.dirty = true
   }

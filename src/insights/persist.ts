@@ -12,11 +12,15 @@ import { DurationSamples } from './samples.js'
 
 const VERSION = 1
 
-const Num = Type.Number({ minimum: 0 })
-const Str = Type.String()
+// Bounded as the code bounds them: a document edited (or corrupted) into huge values is not trusted.
+const Num = Type.Number({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER })
+// Times are ms since the epoch, within what Date can print.
+const Time = Type.Number({ minimum: 0, maximum: 8.64e15 })
+const Str = Type.String({ maxLength: 4096 })
 const Opt = <T extends Parameters<typeof Type.Optional>[0]>(t: T) => Type.Optional(t)
 const Layer = Type.Object({ digest: Str, size: Num })
-const Samples = Type.Object({ count: Num, samples: Type.Array(Num) })
+const List = <T extends Parameters<typeof Type.Array>[0]>(t: T, maxItems: number) => Type.Array(t, { maxItems })
+const Samples = Type.Object({ count: Num, samples: List(Num, 64) })
 
 const PullRecordSchema = Type.Object({
   id: Str, image: Str, upstream: Str, repository: Str, tag: Opt(Str), digest: Str, index: Opt(Str), platform: Opt(Str),
@@ -26,13 +30,14 @@ const PullRecordSchema = Type.Object({
   bytes: Num, bytesFromCache: Num, bytesFromUpstream: Num,
   cache: Type.Union([Type.Literal('cold'), Type.Literal('warm'), Type.Literal('partial')]),
   result: Type.Union([Type.Literal('ok'), Type.Literal('failed')]),
+  redirected: Opt(Type.Literal(true)),
 })
 
 const ImageSchema = Type.Object({
-  image: Str, upstream: Str, repository: Str, tag: Opt(Str), digest: Str, platforms: Type.Array(Str),
+  image: Str, upstream: Str, repository: Str, tag: Opt(Str), digest: Str, platforms: List(Str, 64),
   pulls: Num, resolves: Num, cold: Num, warm: Num, partial: Num, failed: Num,
-  coldSeconds: Samples, warmSeconds: Samples, configSize: Num, layers: Type.Array(Layer),
-  lastPulled: Num, pullSeconds: Num,
+  coldSeconds: Samples, warmSeconds: Samples, configSize: Num, layers: List(Layer, 10_000),
+  lastPulled: Time, pullSeconds: Num,
   kubelet: Opt(Type.Object({ pulls: Num, pull: Samples, waiting: Samples })),
 })
 
@@ -41,18 +46,18 @@ const TotalsSchema = Type.Object({
   pulls: Num, cold: Num, warm: Num, partial: Num, failed: Num, resolves: Num,
 })
 
-const Bucket = Type.Object({ t: Num, cold: Num, warm: Num, partial: Num, coldSum: Num, warmSum: Num, max: Num })
+const Bucket = Type.Object({ t: Time, cold: Num, warm: Num, partial: Num, coldSum: Num, warmSum: Num, max: Num })
 
 const HistoryDocument = Type.Object({
   version: Type.Literal(VERSION),
   instance: Str,
-  savedAt: Num,
-  since: Num,
+  savedAt: Time,
+  since: Time,
   seq: Num,
   totals: TotalsSchema,
-  pulls: Type.Array(PullRecordSchema),
-  images: Type.Array(ImageSchema),
-  timeline: Type.Array(Bucket),
+  pulls: List(PullRecordSchema, 100_000),
+  images: List(ImageSchema, 100_000),
+  timeline: List(Bucket, 2 * 24 * 60),
 })
 type HistoryDocument = Static<typeof HistoryDocument>
 
@@ -90,15 +95,24 @@ function decode(doc: HistoryDocument): InsightsHistory {
   return { since: doc.since, seq: doc.seq, totals: doc.totals, pulls: doc.pulls, images, timeline: doc.timeline }
 }
 
-/** Reads the saved history of `instance`; undefined when there is none or it cannot be read. */
-export async function loadHistory(store: BlobStore, instance: string, log: Logger): Promise<InsightsHistory | undefined> {
+/**
+ * Reads the saved history of `instance`; undefined when there is none or it
+ * is not in a shape this version reads. A store that cannot be read (S3
+ * throttling, credentials not there yet) is asked again until it answers:
+ * starting a new history then would overwrite the saved one at the first save.
+ */
+export async function loadHistory(store: BlobStore, instance: string, log: Logger, stopped: () => boolean = () => false, retryMs = 2000): Promise<InsightsHistory | undefined> {
   const key = historyKey(instance)
   let bytes: Buffer | undefined
-  try {
-    bytes = await store.getDocument(key)
-  } catch (err) {
-    log.warn({ err, key }, 'insights: could not read the saved history; starting a new one')
-    return undefined
+  for (;;) {
+    try {
+      bytes = await store.getDocument(key)
+      break
+    } catch (err) {
+      if (stopped()) return undefined
+      log.warn({ err, key }, `insights: could not read the saved history; trying again in ${retryMs / 1000} s (pulls are recorded once it is read)`)
+      await new Promise((resolve) => setTimeout(resolve, retryMs).unref())
+    }
   }
   if (bytes === undefined) return undefined
   let doc: unknown

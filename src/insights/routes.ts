@@ -3,13 +3,17 @@ import { invalidParam, singleParam } from '../routes/query.js'
 import type { InsightsView } from './types.js'
 import { TIMELINE_MINUTES } from './timeline.js'
 
-/** A whole number from 1 to max, or the default when the parameter is absent. */
+/**
+ * A whole number from 1, or the default when the parameter is absent. Above
+ * what is kept it means "all of them": the caller need not know this
+ * replica's bounds (`stevedore report` asks every replica for everything).
+ */
 function count(query: unknown, name: string, fallback: number, max: number): number {
   const raw = singleParam(query, name)
-  if (raw === undefined || raw === '') return fallback
-  const n = /^[0-9]{1,7}$/.test(raw) ? Number(raw) : Number.NaN
-  if (!(n >= 1 && n <= max)) throw invalidParam(name, `is not a whole number from 1 to ${max}`, raw)
-  return n
+  if (raw === undefined || raw === '') return Math.min(fallback, max)
+  const n = /^[0-9]{1,9}$/.test(raw) ? Number(raw) : Number.NaN
+  if (!(n >= 1)) throw invalidParam(name, 'is not a whole number from 1', raw)
+  return Math.min(n, max)
 }
 
 /** The insights API: `GET /api/v1/pulls`, `images`, `layers`, `summary`, `timeline` (shapes in types.ts). */

@@ -1,4 +1,5 @@
 import { hostname } from 'node:os'
+import { LRUCache } from 'lru-cache'
 import type { ApiRoute } from '../api/plugin.js'
 import type { Mirror } from '../mirror.js'
 import { platformOfConfig } from '../oci/image-manifest.js'
@@ -9,6 +10,7 @@ import { Insights, type MirrorState } from './insights.js'
 import { HistoryWriter, loadHistory } from './persist.js'
 import { insightsRoutes } from './routes.js'
 import type { UpstreamHealth } from './types.js'
+import type { BlobStarted, RequestListener, ServedRequest } from '../routes/served.js'
 
 const MAX_CONFIG_BYTES = 1024 * 1024
 
@@ -26,12 +28,12 @@ export interface InsightsWiring {
 
 /**
  * Insights over a mirror's requests. The history is read once the store is
- * reachable, and only then are requests heard: before that, /v2/ answers
- * 503 and there are no pulls to miss.
+ * reachable; the requests answered meanwhile are held and heard after it.
  */
 export function startInsights(mirror: Mirror, wiring: InsightsWiring): RunningInsights {
   const { config, log, metrics } = mirror
   const instance = config.insights.instance ?? (config.storage.backend.kind === 'filesystem' ? 'local' : hostname())
+  const platforms = new LRUCache<string, string>({ max: 4096 })
   const insights = new Insights({
     instance,
     config: config.insights,
@@ -39,8 +41,13 @@ export function startInsights(mirror: Mirror, wiring: InsightsWiring): RunningIn
     log,
     nodeOf: (address) => wiring.nodeOf(address),
     platformOfConfig: async (digest) => {
+      // A config never changes: read each once, not once per node pulling it.
+      const known = platforms.get(digest)
+      if (known !== undefined) return known
       const bytes = await readSmallBlob(mirror.store, digest, MAX_CONFIG_BYTES).catch(() => undefined)
-      return bytes === undefined ? undefined : platformOfConfig(bytes)
+      const platform = bytes === undefined ? undefined : platformOfConfig(bytes)
+      if (platform !== undefined) platforms.set(digest, platform)
+      return platform
     },
     route: (image) => {
       const ref = parseImageReference(image)
@@ -57,15 +64,25 @@ export function startInsights(mirror: Mirror, wiring: InsightsWiring): RunningIn
   })
   let writer: HistoryWriter | undefined
   let stopped = false
+  // Requests answered before the history is read are held (bounded) and heard after it.
+  const early = new EarlyRequests(insights)
+  mirror.requestListeners.add(early)
   const started = (async () => {
-    while (!mirror.storeReady && !stopped) await new Promise((resolve) => setTimeout(resolve, 500).unref())
+    while (!mirror.storeReady && !stopped) await new Promise((resolve) => setTimeout(resolve, 200).unref())
     if (stopped) return
-    const history = await loadHistory(mirror.store, instance, log)
+    const history = await loadHistory(mirror.store, instance, log, () => stopped)
     if (history !== undefined) {
-      insights.restore(history)
-      log.info({ instance, pulls: history.pulls.length, images: history.images.length }, 'insights: history restored')
+      try {
+        insights.restore(history)
+        log.info({ instance, pulls: history.pulls.length, images: history.images.length }, 'insights: history restored')
+      } catch (err) {
+        log.warn({ err, instance }, 'insights: the saved history could not be restored; starting a new one')
+      }
     }
+    mirror.requestListeners.delete(early)
     mirror.requestListeners.add(insights)
+    early.replay()
+    if (early.dropped > 0) log.warn({ dropped: early.dropped }, 'insights: requests answered before the history was read were not all counted')
     writer = new HistoryWriter(mirror.store, insights, config.insights.persistInterval, log)
   })()
   return {
@@ -74,10 +91,42 @@ export function startInsights(mirror: Mirror, wiring: InsightsWiring): RunningIn
     stop: async () => {
       stopped = true
       await started
+      mirror.requestListeners.delete(early)
       mirror.requestListeners.delete(insights)
       insights.stop()
       await writer?.stop()
     },
+  }
+}
+
+// A start-up's worth of requests; the store is usually read in milliseconds.
+const MAX_EARLY = 10_000
+
+/** Holds the requests answered before the history is read, so restoring it does not erase them. */
+class EarlyRequests implements RequestListener {
+  private readonly held: Array<{ started: BlobStarted } | { served: ServedRequest }> = []
+  dropped = 0
+
+  constructor(private readonly to: RequestListener) {}
+
+  blobStarted(started: BlobStarted): void {
+    this.hold({ started })
+  }
+
+  served(served: ServedRequest): void {
+    this.hold({ served })
+  }
+
+  replay(): void {
+    for (const e of this.held.splice(0)) {
+      if ('started' in e) this.to.blobStarted(e.started)
+      else this.to.served(e.served)
+    }
+  }
+
+  private hold(e: { started: BlobStarted } | { served: ServedRequest }): void {
+    if (this.held.length < MAX_EARLY) this.held.push(e)
+    else this.dropped++
   }
 }
 

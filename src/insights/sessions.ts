@@ -19,6 +19,8 @@ export interface SentBlob {
   readonly firstByteAt: number | undefined
   readonly endedAt: number
   readonly failed: boolean
+  /** Answered with a redirect to the store: the download itself was not seen. */
+  readonly redirect: boolean
 }
 
 /** A pull or a resolve, ended: what the aggregates are built from. */
@@ -65,6 +67,8 @@ interface Session {
   readonly layers: readonly LayerRef[]
   /** Blobs of the manifest not sent yet. */
   readonly pending: Map<string, number>
+  /** Every blob of the manifest, with its size. */
+  readonly sizes: ReadonlyMap<string, number>
   readonly sent: Map<string, SentBlob>
   readonly inflight: Set<number>
 }
@@ -113,9 +117,12 @@ export class PullSessions {
   }
 
   blobStarted(b: BlobStarted): void {
-    const client = this.clients.get(clientKey(b.client.address, b.client.userAgent))
+    const key = clientKey(b.client.address, b.client.userAgent)
+    const client = this.clients.get(key)
     const session = client === undefined ? undefined : findSession(client, b.upstream, b.repository, b.digest)
-    if (session === undefined) return
+    if (session === undefined || client === undefined) return
+    this.clients.delete(key)
+    this.clients.set(key, client)
     session.inflight.add(b.seq)
     session.lastAt = Math.max(session.lastAt, b.at)
     this.bySeq.set(b.seq, session)
@@ -196,6 +203,7 @@ export class PullSessions {
       config: parsed.config,
       layers: parsed.layers,
       pending: new Map(blobs.map((b) => [b.digest, b.size])),
+      sizes: new Map(blobs.map((b) => [b.digest, b.size])),
       sent: new Map(),
       inflight: new Set(),
     })
@@ -213,18 +221,21 @@ export class PullSessions {
     session.lastAt = Math.max(session.lastAt, r.endedAt)
     if (r.method !== 'GET') return
     const failed = r.status >= 400 || !r.complete
-    const size = session.pending.get(r.digest) ?? session.sent.get(r.digest)?.bytes ?? 0
     const previous = session.sent.get(r.digest)
     const cold = r.cache === 'miss' || r.cache === 'joined'
+    // Sent whole, a blob is its manifest size, however many ranged requests it took (and a
+    // redirect sends nothing through us); a cut one counts nothing it may have sent.
+    const size = session.sizes.get(r.digest) ?? 0
+    const bytes = failed ? (previous?.bytes ?? 0) : size > 0 ? size : r.bytes
     session.sent.set(r.digest, {
       digest: r.digest,
-      // A redirect sends no bytes through us: the client fetched the stored blob, of the manifest's size.
-      bytes: (previous?.failed === false ? previous.bytes : 0) + (r.redirect ? size : r.bytes),
+      bytes,
       cold: (previous?.cold ?? false) || cold,
       firstByteAt: previous?.firstByteAt ?? r.firstByteAt,
       endedAt: r.endedAt,
       // A retry that succeeds (containerd resumes with a range) mends the blob.
-      failed,
+      failed: failed && previous?.failed !== false,
+      redirect: (previous?.redirect ?? false) || r.redirect,
     })
     if (!failed) session.pending.delete(r.digest)
     if (session.pending.size === 0 && session.inflight.size === 0) this.end(client, session)
@@ -278,7 +289,17 @@ export class PullSessions {
       return client
     }
     if (this.clients.size >= this.options.maxClients) {
-      const [oldestKey, oldest] = this.clients.entries().next().value as [string, Client]
+      // The least recently active client with nothing sending; failing that (a flood of pulls all in flight), the least recently active.
+      let victim: [string, Client] | undefined
+      let looked = 0
+      for (const entry of this.clients) {
+        if (entry[1].sessions.every((s) => s.inflight.size === 0)) {
+          victim = entry
+          break
+        }
+        if (++looked >= 64) break
+      }
+      const [oldestKey, oldest] = victim ?? (this.clients.entries().next().value as [string, Client])
       for (const s of [...oldest.sessions]) this.end(oldest, s)
       for (const i of oldest.indexes) if (!i.used) this.endIndex(oldest, i)
       this.clients.delete(oldestKey)

@@ -47,6 +47,12 @@ export interface PullRecord {
   readonly cache: PullCache
   /** failed: a blob request of it got an error or was cut before its last byte. */
   readonly result: 'ok' | 'failed'
+  /**
+   * Blobs of it were answered with a redirect to the store (`storage.s3.redirect`): the
+   * downloads themselves were not seen, so `seconds` is not its pull time, and it is left
+   * out of the pull-time figures (percentiles, pullSeconds, the timeline, the histogram).
+   */
+  readonly redirected?: true
 }
 
 export interface LayerRef {

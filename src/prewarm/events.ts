@@ -99,15 +99,16 @@ export function kubeletEventsSink(options: KubeletEventsOptions): ResourceSink {
   const consider = (obj: unknown, listed: boolean): void => {
     const e = pulledEvent(obj)
     if (e === undefined) return
-    const last = seen.get(e.key)
-    if (last !== undefined && e.count <= last) return
-    seen.set(e.key, e.count)
-    if (listed && (e.at === undefined || e.at.getTime() < since)) return
+    // Parsed first: "already present" events (one per container start) must not take the places of real pulls.
     const pull = parsePulledMessage(e.message)
     if (pull === undefined) {
       log.debug({ event: e.key, node: e.node, message: e.message }, 'kubelet events: a Pulled event without pull times; ignored')
       return
     }
+    const last = seen.get(e.key)
+    if (last !== undefined && e.count <= last) return
+    seen.set(e.key, e.count)
+    if (listed && (e.at === undefined || e.at.getTime() < since)) return
     if (pull.pullSeconds !== undefined) metrics.kubeletPullDuration.observe({ phase: 'pull' }, pull.pullSeconds)
     metrics.kubeletPullDuration.observe({ phase: 'including_waiting' }, pull.includingWaitingSeconds)
     log.debug({ image: pull.image, node: e.node, pullSeconds: pull.pullSeconds, includingWaitingSeconds: pull.includingWaitingSeconds, count: e.count }, 'kubelet events: a pull')

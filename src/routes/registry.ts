@@ -85,6 +85,8 @@ async function serveBlob(mirror: Mirror, request: FastifyRequest, reply: Fastify
     mirror.metrics.cacheResults.inc({ kind: 'blob', result: answer.cache })
     return reply.type('application/octet-stream').header('content-length', answer.size).send()
   }
+  // From here the pull is waiting on this blob, even while it queues for a slot or the upstream's headers.
+  announceBlobStart(mirror, request)
   // A response holds a socket, a file and buffers until the client has it all: they are bounded.
   const gone = new AbortController()
   reply.raw.once('close', () => gone.abort(new Error('client went away')))
@@ -108,12 +110,13 @@ async function serveBlob(mirror: Mirror, request: FastifyRequest, reply: Fastify
     ctx.bytes = answer.size
   }
   observeFirstByte(mirror, request, reply)
-  announceBlobStart(mirror, request)
   if (answer.kind !== 'stream') return sendSource(mirror, request, reply, answer.source, answer.range?.start ?? 0)
   const body = answer.body
-  // A client that goes away must release the store's stream.
+  // A client that goes away must release the store's stream. fastify runs onResponse only
+  // on finish or error, not for a client that left mid-body: the response is recorded here then.
   reply.raw.once('close', () => {
     if (!body.destroyed && !reply.raw.writableFinished) body.destroy()
+    recordResponse(mirror, request, reply)
   })
   // fastify pipes this body: a client that stops reading is dropped here, as writeBlob does.
   watchWrites(reply.raw, mirror.send, (err) => {

@@ -59,7 +59,13 @@ let nextSeq = 0
 /** A request's number, for matching its start to its end. */
 export const requestSeq = (): number => ++nextSeq
 
-const clientOf = (request: FastifyRequest): ClientId => ({ address: request.ip, userAgent: request.headers['user-agent'] })
+// Enough for any real client's; a 16 KB one must not be kept per pull.
+const MAX_USER_AGENT = 256
+
+const clientOf = (request: FastifyRequest): ClientId => {
+  const ua = request.headers['user-agent']
+  return { address: request.ip, userAgent: ua !== undefined && ua.length > MAX_USER_AGENT ? ua.slice(0, MAX_USER_AGENT) : ua }
+}
 
 /** Tells the listeners a blob GET begins sending. */
 export function announceBlobStart(mirror: Mirror, request: FastifyRequest): void {

@@ -190,12 +190,15 @@ t.test('pulls by containerd and skopeo become pull records and image insights th
 t.test('the insights API refuses bad queries with the registry error body, never a 5xx', async (t) => {
   if (!requireTools(t, 'docker-registry')) return
   const s = await startStack(t)
-  for (const q of ['/api/v1/pulls?limit=0', '/api/v1/pulls?limit=abc', '/api/v1/pulls?limit=1&limit=2', '/api/v1/images?limit=999999999', '/api/v1/timeline?minutes=100000', '/api/v1/layers?limit=-1', `/api/v1/pulls?image=${'x'.repeat(2000)}`]) {
+  for (const q of ['/api/v1/pulls?limit=0', '/api/v1/pulls?limit=abc', '/api/v1/pulls?limit=1&limit=2', '/api/v1/images?limit=9999999999', '/api/v1/timeline?minutes=1e3', '/api/v1/layers?limit=-1', `/api/v1/pulls?image=${'x'.repeat(2000)}`]) {
     const res = await fetch(`${s.mirror.url}${q}`)
     t.equal(res.status, 400, q.slice(0, 60))
     const body = (await res.json()) as { errors?: Array<{ code: string }> }
     t.equal(body.errors?.[0]?.code, 'UNSUPPORTED', 'the spec\'s error body')
   }
+  const all = await fetch(`${s.mirror.url}/api/v1/timeline?minutes=100000`)
+  t.equal(all.status, 200, 'more than is kept means all of it')
+  t.equal(((await all.json()) as TimelineResponse).minutes.length, 24 * 60, 'a day of minutes')
   const post = await fetch(`${s.mirror.url}/api/v1/pulls`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' })
   t.equal(post.status, 405, 'read-only')
   t.equal(post.headers.get('allow'), 'GET')

@@ -186,6 +186,8 @@ t.test('stand-in API server: a dropped watch reconnects, a 410 relists; no node 
     t.ok(after.some((r) => r.watch && r.gone === 'status' && r.path === '/apis/apps/v1/deployments'), 'the watch was answered 410 Gone')
     t.ok(after.some((r) => !r.watch && r.path === '/apis/apps/v1/deployments'), 'then the Deployments were listed again')
     t.ok(s.mirror.logs().some((l) => l['msg'] === 'pre-warm: resourceVersion too old (410 Gone); listing again' && l['resource'] === 'deployments'))
+    // Its blobs cached is not its job done: the line comes when the job's image ends.
+    await waitLog(s, 'pre-warmed', (l) => l['image'] === ref('index'))
     t.same(logsWith(s, 'pre-warmed').find((l) => l['image'] === ref('index'))?.['platforms'], ['linux/amd64', 'linux/arm64'], 'prefetch.platforms, the default')
     await api.waitForWatches(7)
   })

@@ -4,7 +4,7 @@
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { fetchAll, fetchHashed } from '../harness/http.js'
-import { pushBlob, randomBytesFile } from '../harness/images.js'
+import { MT, pushBlob, pushManifest, randomBytesFile } from '../harness/images.js'
 import { startMirror, type Mirror } from '../harness/mirror.js'
 import { rawRequest } from '../harness/raw-http.js'
 import { startRegistry, type Registry } from '../harness/registry.js'
@@ -184,4 +184,36 @@ t.test('a cached blob streamed from S3: a reader that stops is dropped after wri
   const end = await stopped.closed
   t.ok(end.body.byteLength < f.size, `cut, without a clean end (${end.body.byteLength} of ${f.size} bytes)`)
   t.equal((await fetchHashed(`${mirror.url}${path}`)).digest, f.digest, 'the slot is free again')
+})
+
+t.test('a layer streamed from S3 and cut by its client: the request is logged and its pull recorded as failed', async (t) => {
+  if (!requireTools(t, 'docker-registry')) return
+  const f = await fixture(t, 'cut/app')
+  const dir = await tempDir(t, 'stevedore-s3-cut')
+  const configPath = join(dir, 'config')
+  const configDigest = await randomBytesFile(configPath, 2000)
+  await pushBlob(f.registry, 'cut/app', configPath, configDigest)
+  const manifest = Buffer.from(JSON.stringify({
+    schemaVersion: 2, mediaType: MT.ociManifest,
+    config: { mediaType: MT.ociConfig, digest: configDigest, size: 2000 },
+    layers: [{ mediaType: MT.ociLayerGzip, digest: f.digest, size: f.size }],
+  }))
+  await pushManifest(f.registry, 'cut/app', 'v1', manifest, MT.ociManifest)
+  const s3 = await startS3(t)
+  const mirror = await startMirror(t, { config: { ...config(s3, f.throttle, 'cut/'), insights: { sessionIdle: '1s' } } })
+  const layerUrl = `${mirror.url}/v2/cut/app/blobs/${f.digest}`
+  t.equal((await fetchHashed(layerUrl)).digest, f.digest, 'the layer is cached')
+  await waitFor(async () => (await s3.objects('cut/blobs/')).size === 1, 10_000, 'the layer published to S3')
+  const ua = { 'user-agent': 'containerd/1.7.0' }
+  t.equal((await fetchAll(`${mirror.url}/v2/cut/app/manifests/v1`, { headers: { ...ua, accept: MT.ociManifest } })).status, 200)
+  t.equal((await fetchAll(`${mirror.url}/v2/cut/app/blobs/${configDigest}`, { headers: ua })).status, 200)
+  const cut = await fetchHashed(layerUrl, { headers: ua, abortAfterBytes: 1024 * 1024 })
+  t.ok(cut.bytes < f.size, `the client left after ${cut.bytes} bytes`)
+  await waitFor(async () => mirror.logs().some((l) => l['msg'] === 'request' && l['digest'] === f.digest && l['aborted'] === true), 10_000, 'the cut request\'s log line')
+  let pulls: Array<{ image: string; result: string; cache: string }> = []
+  await waitFor(async () => {
+    pulls = ((await (await fetch(`${mirror.url}/api/v1/pulls`)).json()) as { pulls: typeof pulls }).pulls
+    return pulls.length === 1
+  }, 10_000, 'the pull to end')
+  t.match(pulls[0], { image: `${f.throttle.host}/cut/app:v1`, result: 'failed', cache: 'warm' }, 'a failed warm pull, not an open one')
 })

@@ -230,3 +230,9 @@ t.test('the example config file in the package is valid, and says the defaults o
   t.same(c.insights, d.insights, 'insights: the example shows the defaults')
   t.same(c.prefetch, d.prefetch, 'prefetch too')
 })
+
+t.test('STEVEDORE_INSIGHTS_INSTANCE names the history of this replica, checked like the key', async (t) => {
+  t.equal(loadConfig({ env: { STEVEDORE_INSIGHTS_INSTANCE: 'stevedore-7f9c-abcde' } }).insights.instance, 'stevedore-7f9c-abcde')
+  t.equal(loadConfig({ env: {} }).insights.instance, undefined, 'unset: the default')
+  t.throws(() => loadConfig({ env: { STEVEDORE_INSIGHTS_INSTANCE: '../x' } }), /insights\.instance/, 'not a path')
+})

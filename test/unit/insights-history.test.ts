@@ -80,3 +80,57 @@ t.test('bounded: the ring keeps the newest pulls, the table the most recently pu
   insights.restore({ since: now, seq: 25, totals: { requests: 0, hits: 0, bytesServed: 0, bytesFromCache: 0, bytesFromUpstream: 0, savedBytes: 0, savedRequests: 0, pulls: 25, cold: 25, warm: 0, partial: 0, failed: 0, resolves: 0 }, pulls, images: [...images.states()], timeline: [] })
   t.same(insights.pulls({ limit: 100 }).pulls.map((p) => p.id), pulls.slice(15).reverse().map((p) => p.id), 'the ring: the ten newest, newest first')
 })
+
+t.test('resolve-only images go before pulled ones when the table is full', async (t) => {
+  const images = new ImageTable(10)
+  const now = Date.now()
+  for (let i = 0; i < 10; i++) images.pulled(pull(i, `reg/team/app:${i}`, 'warm', 1, now + i), [], 0, now + i)
+  images.resolved({ image: 'reg/team/scanned:1', upstream: 'reg', repository: 'team/scanned', tag: '1' }, `sha256:${'b'.repeat(64)}`, undefined, 0, now + 20)
+  images.resolved({ image: 'reg/team/scanned:2', upstream: 'reg', repository: 'team/scanned', tag: '2' }, `sha256:${'b'.repeat(64)}`, undefined, 0, now + 21)
+  const kept = images.top(100).map((i) => i.image)
+  t.ok(kept.includes('reg/team/scanned:2'), 'the newest resolve is kept')
+  t.notOk(kept.includes('reg/team/scanned:1'), 'the older resolve-only one went first')
+  t.equal(kept.filter((i) => i.startsWith('reg/team/app:')).length, 9, 'one pulled image made room for the first')
+})
+
+t.test('a saved history with out-of-range values is not trusted', async (t) => {
+  const root = await mkdtemp(join(tmpdir(), 'stevedore-history-'))
+  t.teardown(() => rm(root, { recursive: true, force: true }))
+  const store = new FilesystemBlobStore(root)
+  await store.init()
+  const insights = new Insights(deps())
+  t.teardown(() => insights.stop())
+  insights.dirty = true
+  const writer = new HistoryWriter(store, insights, 60_000, log)
+  await writer.stop()
+  const good = JSON.parse(String(await store.getDocument(historyKey('local')))) as Record<string, unknown>
+  t.ok(await loadHistory(store, 'local', log), 'as written: read')
+  for (const [what, doc] of [['since 1e300', { ...good, since: 1e300 }], ['a huge timeline', { ...good, timeline: Array.from({ length: 5000 }, (_, i) => ({ t: i, cold: 0, warm: 0, partial: 0, coldSum: 0, warmSum: 0, max: 0 })) }]] as const) {
+    await store.putDocument(historyKey('local'), Buffer.from(JSON.stringify(doc)))
+    t.equal(await loadHistory(store, 'local', log), undefined, what)
+  }
+})
+
+t.test('a store that cannot be read at first is asked again, not taken for an empty history', async (t) => {
+  const root = await mkdtemp(join(tmpdir(), 'stevedore-history-'))
+  t.teardown(() => rm(root, { recursive: true, force: true }))
+  const store = new FilesystemBlobStore(root)
+  await store.init()
+  const insights = new Insights(deps())
+  t.teardown(() => insights.stop())
+  insights.dirty = true
+  await new HistoryWriter(store, insights, 60_000, log).stop()
+  // A stand-in for S3 answering 503 twice (SlowDown, credentials not there yet), then the real store.
+  let failures = 2
+  const flaky = Object.create(store) as FilesystemBlobStore
+  flaky.getDocument = async (key: string) => {
+    if (failures-- > 0) throw new Error('503 SlowDown')
+    return store.getDocument(key)
+  }
+  // The retry's timer is unref'd (it must not hold a stopping server open): something must hold this test's process.
+  const hold = setInterval(() => undefined, 1000)
+  t.teardown(() => clearInterval(hold))
+  const history = await loadHistory(flaky, 'local', log, () => false, 10)
+  t.ok(history !== undefined, 'read once the store answered')
+  t.equal(failures, -1, 'after two failures')
+})

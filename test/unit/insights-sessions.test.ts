@@ -224,3 +224,28 @@ t.test('any interleaving of requests: no throw, bounded, every session ends once
   }), { seed: 42, numRuns: 300 })
   t.pass('300 random interleavings')
 })
+
+t.test('a layer cut and resumed with a range counts its whole size once; a redirect counts the manifest size', async (t) => {
+  const h = harness(1000)
+  h.manifest(digest('m'), imageManifest(digest('c'), [[digest('a'), 1000]]))
+  h.blob(digest('c'), { bytes: 0, complete: true })
+  h.blob(digest('a'), { bytes: 0, complete: false })
+  h.blob(digest('a'), { bytes: 400 })
+  t.same(h.ended[0]?.blobs.map((b) => [b.digest, b.bytes, b.failed]), [[digest('c'), 100, false], [digest('a'), 1000, false]], 'the layer: its 1000 bytes, mended')
+  const g = harness(1000)
+  g.manifest(digest('m'), imageManifest(digest('c'), [[digest('a'), 1000]]))
+  g.sessions.served({ seq: ++seq, kind: 'blob', method: 'GET', status: 307, upstream: 'reg', repository: 'team/app', tag: undefined, digest: digest('a'), manifest: undefined, cache: 'hit', redirect: true, bytes: 0, complete: true, client: { address: '10.0.0.1', userAgent: 'containerd/1.6' }, startedAt: g.clock.now, firstByteAt: undefined, endedAt: g.clock.now + 1 })
+  g.clock.now += 1010
+  g.sessions.sweep()
+  t.match(g.ended[0]?.blobs, [{ bytes: 1000, redirect: true, failed: false }], 'a redirected layer')
+})
+
+t.test('full: a client with a blob still sending is not the one ended', async (t) => {
+  const h = harness(1000, 10)
+  h.manifest(digest('m'), imageManifest(digest('c'), [[digest('a'), 10]]), { address: '10.0.9.9' })
+  h.sessions.blobStarted({ seq: 777_777, upstream: 'reg', repository: 'team/app', digest: digest('a'), client: { address: '10.0.9.9', userAgent: 'containerd/1.6' }, at: h.clock.now })
+  for (let i = 0; i < 9; i++) h.manifest(digest('m'), imageManifest(digest('c'), [[digest('a'), 10]]), { address: `10.0.1.${i}` })
+  h.manifest(digest('m'), imageManifest(digest('c'), [[digest('a'), 10]]), { address: '10.0.2.1' })
+  t.equal(h.ended.length, 1)
+  t.not(h.ended[0]?.address, '10.0.9.9', 'the sending one kept')
+})

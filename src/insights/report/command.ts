@@ -152,13 +152,16 @@ export async function runReportCommand(args: string[], io: ReportIo = processIo,
       mirrors.push({ url: mirror.origin, state: 'missing', error: r.message })
       return
     }
-    const of = seen.get(r.instance)
+    // The same replica reached twice answers with the same name and the same start of its history;
+    // two mirrors on their own disks are both "local" by default, but began apart.
+    const identity = `${r.instance} ${r.summary.since}`
+    const of = seen.get(identity)
     if (of !== undefined) {
       io.stderr(`${PREFIX}${r.url} answered as ${r.instance}, as ${of} did: counted once\n`)
       mirrors.push({ url: r.url, state: 'duplicate', instance: r.instance, of })
       return
     }
-    seen.set(r.instance, r.url)
+    seen.set(identity, r.url)
     mirrors.push({ url: r.url, state: 'merged', instance: r.instance })
     answered.push(r)
   })

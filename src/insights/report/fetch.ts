@@ -41,14 +41,18 @@ export interface FetchOptions {
   readonly onRetry?: (reason: string, waitMs: number) => void
 }
 
-// The API's largest answer: 1000 images with 64 samples each and their layers, a few MiB.
+// The API's largest answer with the default bounds: 2000 images with their samples and layers, about 10 MB.
 const MAX_BODY = 64 * 1024 * 1024
-/** What the report asks each replica for; the API bounds its own lists, 1000 is the most we ask. */
+/**
+ * What the report asks each replica for: everything it keeps (a limit above a
+ * replica's bounds means all). The size advice and unique bytes need every
+ * image, not a top slice, or an image past the slice would look unshared.
+ */
 export const ENDPOINTS = {
   summary: '/api/v1/summary',
-  images: '/api/v1/images?limit=1000',
-  layers: '/api/v1/layers?limit=1000',
-  pulls: '/api/v1/pulls?limit=1000',
+  images: '/api/v1/images?limit=1000000',
+  layers: '/api/v1/layers?limit=1000000',
+  pulls: '/api/v1/pulls?limit=1000000',
 } as const
 
 /** A failure that asking again may cure: no answer, or a 5xx. */
