@@ -78,6 +78,8 @@ interface Client {
   readonly userAgent: string | undefined
   indexes: OpenIndex[]
   sessions: Session[]
+  /** When it last asked for anything (the sessions' clock). */
+  lastAt: number
 }
 
 export interface SessionOptions {
@@ -98,6 +100,8 @@ export class PullSessions {
   private readonly bySeq = new Map<number, Session>()
   // Hot manifests are asked for by every node: parse each once.
   private readonly parsed = new LRUCache<string, ParsedManifest | false>({ max: 512 })
+  // The blob sizes of each parsed image manifest, shared by its sessions.
+  private readonly blobSizes = new LRUCache<string, ReadonlyMap<string, number>>({ max: 512 })
   private readonly now: () => number
 
   constructor(private readonly options: SessionOptions) {
@@ -121,8 +125,7 @@ export class PullSessions {
     const client = this.clients.get(key)
     const session = client === undefined ? undefined : findSession(client, b.upstream, b.repository, b.digest)
     if (session === undefined || client === undefined) return
-    this.clients.delete(key)
-    this.clients.set(key, client)
+    this.touch(key, client)
     session.inflight.add(b.seq)
     session.lastAt = Math.max(session.lastAt, b.at)
     this.bySeq.set(b.seq, session)
@@ -131,15 +134,23 @@ export class PullSessions {
   /** Ends the sessions quiet for idleMs; call every second or so. */
   sweep(): void {
     const now = this.now()
+    // Clients are in the order they were last active: past the first one active within idleMs, none
+    // is quiet, so a sweep costs what it ends, not what is open. (A client that never goes quiet has its
+    // sessions ended by MAX_PER_CLIENT or when it does.)
     for (const [key, client] of this.clients) {
-      for (const s of [...client.sessions]) {
-        if (s.inflight.size === 0 && now - s.lastAt >= this.options.idleMs) this.end(client, s)
+      if (now - client.lastAt < this.options.idleMs) break
+      if (client.sessions.length > 0) {
+        for (const s of [...client.sessions]) {
+          if (s.inflight.size === 0 && now - s.lastAt >= this.options.idleMs) this.end(client, s)
+        }
       }
-      client.indexes = client.indexes.filter((i) => {
-        if (now - i.lastAt < this.options.idleMs) return true
-        if (!i.used) this.endIndex(client, i)
-        return false
-      })
+      if (client.indexes.length > 0) {
+        client.indexes = client.indexes.filter((i) => {
+          if (now - i.lastAt < this.options.idleMs) return true
+          if (!i.used) this.endIndex(client, i)
+          return false
+        })
+      }
       if (client.sessions.length === 0 && client.indexes.length === 0) this.clients.delete(key)
     }
   }
@@ -190,7 +201,11 @@ export class PullSessions {
       from.used = true
       from.lastAt = r.endedAt
     }
-    const blobs = [parsed.config, ...parsed.layers]
+    let sizes = this.blobSizes.get(r.digest)
+    if (sizes === undefined) {
+      sizes = new Map([parsed.config, ...parsed.layers].map((b) => [b.digest, b.size]))
+      this.blobSizes.set(r.digest, sizes)
+    }
     client.sessions.push({
       upstream: r.upstream,
       repository: r.repository,
@@ -202,8 +217,8 @@ export class PullSessions {
       lastAt: r.endedAt,
       config: parsed.config,
       layers: parsed.layers,
-      pending: new Map(blobs.map((b) => [b.digest, b.size])),
-      sizes: new Map(blobs.map((b) => [b.digest, b.size])),
+      pending: new Map(sizes),
+      sizes,
       sent: new Map(),
       inflight: new Set(),
     })
@@ -217,6 +232,7 @@ export class PullSessions {
     const session = this.bySeq.get(r.seq) ?? (client === undefined ? undefined : findSession(client, r.upstream, r.repository, r.digest))
     this.bySeq.delete(r.seq)
     if (session === undefined || client === undefined) return
+    this.touch(key, client)
     session.inflight.delete(r.seq)
     session.lastAt = Math.max(session.lastAt, r.endedAt)
     if (r.method !== 'GET') return
@@ -283,9 +299,7 @@ export class PullSessions {
     const key = clientKey(address, userAgent)
     let client = this.clients.get(key)
     if (client !== undefined) {
-      // Most recently active last: the first is the one to end when full.
-      this.clients.delete(key)
-      this.clients.set(key, client)
+      this.touch(key, client)
       return client
     }
     if (this.clients.size >= this.options.maxClients) {
@@ -304,9 +318,16 @@ export class PullSessions {
       for (const i of oldest.indexes) if (!i.used) this.endIndex(oldest, i)
       this.clients.delete(oldestKey)
     }
-    client = { address, userAgent, indexes: [], sessions: [] }
+    client = { address, userAgent, indexes: [], sessions: [], lastAt: this.now() }
     this.clients.set(key, client)
     return client
+  }
+
+  /** Most recently active last: the first is the one to end when full, and the sweep's order. */
+  private touch(key: string, client: Client): void {
+    client.lastAt = this.now()
+    this.clients.delete(key)
+    this.clients.set(key, client)
   }
 
   private parse(digest: string, mediaType: string, bytes: Buffer): ParsedManifest | undefined {
