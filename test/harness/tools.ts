@@ -76,23 +76,48 @@ export function requireTools(t: Test, ...tools: string[]): boolean {
 
 // ---------------------------------------------------------------- ports, dirs
 
-/** A loopback port that was free a moment ago. */
-export function freePort(): Promise<number> {
+/**
+ * Ports below the kernel's ephemeral range: a listener on port 0 or an
+ * outgoing connection anywhere on the machine (another test file runs in
+ * parallel) never lands on them, so a port taken here stays ours until we bind
+ * it, and a port meant to stay dead stays dead. CI once lost a run to a
+ * "nothing listens here" port the kernel had handed to another test's listener.
+ */
+function reservedRange(): [number, number] {
+  let low = 32768
+  try {
+    const first = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0])
+    if (Number.isInteger(first)) low = first
+  } catch {
+    // Off Linux: assume the IANA default range starts at 49152 or Linux's 32768, whichever is lower.
+  }
+  return low > 12000 ? [10000, low - 1] : [0, 0]
+}
+const RANGE = reservedRange()
+
+function tryListen(port: number): Promise<number | undefined> {
   return new Promise((resolve, reject) => {
     const srv = createServer()
     srv.unref()
-    srv.once('error', reject)
-    srv.listen({ host: '127.0.0.1', port: 0, exclusive: true }, () => {
+    srv.once('error', (err: NodeJS.ErrnoException) => (err.code === 'EADDRINUSE' || err.code === 'EACCES' ? resolve(undefined) : reject(err)))
+    srv.listen({ host: '127.0.0.1', port, exclusive: true }, () => {
       const addr = srv.address()
-      if (addr === null || typeof addr === 'string') {
-        srv.close()
-        reject(new Error('freePort: no address'))
-        return
-      }
-      const port = addr.port
-      srv.close((err) => (err ? reject(err) : resolve(port)))
+      const got = addr !== null && typeof addr !== 'string' ? addr.port : undefined
+      srv.close((err) => (err ? reject(err) : resolve(got)))
     })
   })
+}
+
+/** A loopback port that is free and outside the range the kernel hands out by itself. */
+export async function freePort(): Promise<number> {
+  const [lo, hi] = RANGE
+  for (let i = 0; i < 200 && hi > lo; i++) {
+    const port = await tryListen(lo + Math.floor(Math.random() * (hi - lo + 1)))
+    if (port !== undefined) return port
+  }
+  const port = await tryListen(0)
+  if (port === undefined) throw new Error('freePort: no address')
+  return port
 }
 
 /** mkdtemp under os.tmpdir(); removed (rm -rf) at t.teardown. */
