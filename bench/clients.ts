@@ -33,10 +33,12 @@ export interface FanOutResult {
 
 const W = '%{http_code} %{size_download} %{time_starttransfer} %{time_total}\\n'
 
-/** Run `n` clients GETting `url` at once. */
-export async function fanOut(url: string, n: number, opts: { hashClients: number; maxTimeS: number }): Promise<FanOutResult> {
+/** Run `n` clients GETting `url` at once (given several, client i asks url[i % length]). */
+export async function fanOut(urls: string | readonly string[], n: number, opts: { hashClients: number; maxTimeS: number }): Promise<FanOutResult> {
   const curl = `curl -sS --noproxy '*' --max-time ${opts.maxTimeS}`
+  const list = typeof urls === 'string' ? [urls] : urls
   const procs = Array.from({ length: n }, (_, i) => {
+    const url = list[i % list.length] as string
     const hash = i < opts.hashClients
     const script = hash
       ? `set -o pipefail; read -r _; ${curl} -w '%{stderr}${W}' '${url}' | openssl dgst -sha256 -r`

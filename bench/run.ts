@@ -17,6 +17,7 @@ import { request } from 'undici'
 import { checkFanOut, fanOut, wrk, type ClientResult, type FanOutResult, type WrkResult } from './clients.js'
 import { startNginx } from './nginx.js'
 import { startPacer } from './pacer.js'
+import { replicas } from './replicas.js'
 import { rollout } from './rollout.js'
 import { Scope } from './scope.js'
 import { stalledReaders, type StalledResult } from './stalled.js'
@@ -29,7 +30,7 @@ import { errMessage, freePort, makeTemp, removeDir, sha256, sleep, which } from 
 // ------------------------------------------------------------------ parameters
 
 const MB = 1_000_000
-const SECTIONS = ['cold', 'warm', 'rss', 'stalled', 'manifests', 'paced', 'containerd', 'rollout'] as const
+const SECTIONS = ['cold', 'warm', 'rss', 'stalled', 'manifests', 'paced', 'containerd', 'rollout', 'replicas'] as const
 type Section = (typeof SECTIONS)[number]
 
 const USAGE = `usage: npm run bench [-- --quick] [--only SECTION,...] [--rounds N] [--cpu-prof DIR] [--stalled-hold S]
@@ -479,6 +480,9 @@ async function main(): Promise<number> {
     }
 
     const roll = run('rollout') ? await rollout({ upstream, pacer, linkRate: P.linkRate, rounds: P.rounds, quick: QUICK, progress, problem }) : undefined
+    const reps = run('replicas')
+      ? await replicas({ upstreamHost: upstream.host, pacer, linkRate: P.linkRate, blob, blobPath, clients: P.clients, rounds: P.rounds, peerRounds: P.peerRounds, hashClients: QUICK ? P.clients : 3, maxTimeS: P.maxTimeS, settleCapMs: P.settleCapMs, progress, problem })
+      : undefined
 
     // -------------------------------------------------------------- table
     const col = <T,>(f: (k: SystemKey) => T): Record<SystemKey, T> => ({ stevedore: f('stevedore'), distribution: f('distribution'), nginx: f('nginx') })
@@ -590,6 +594,7 @@ async function main(): Promise<number> {
         `nginx: cold, paced and stalled rows = proxy_cache with proxy_cache_lock; warm row = sendfile of the upstream's own files. distribution: 2.8 in proxy mode.\n\n${rows.length > 0 ? `${lines.join('\n')}\n` : ''}` +
         (P.peerRounds < P.rounds && rows.length > 0 ? `\n¹ ${P.peerRounds === 1 ? 'one round' : `${P.peerRounds} rounds`}: a peer's figure for context, no target is a ratio to it.\n` : '') +
         (roll !== undefined ? `\n${roll.caption}\n\n${roll.table.join('\n')}\n\n${roll.targets.join('\n')}\n` : '') +
+        (reps !== undefined ? `\n${reps.caption}\n\n${reps.table.join('\n')}\n` : '') +
         '\n',
     )
     const out = join(tmpdir(), `stevedore-bench-${machine.date.replace(/[:.]/g, '-')}.json`)
@@ -605,6 +610,7 @@ async function main(): Promise<number> {
       rss: { ...rss, peakRssCold },
       stalled,
       rollout: roll,
+      replicas: reps?.runs,
       containerd: { direct: pullDirect, cold: pullCold, warm: pullWarm, warmRefetch, mirrorCpu: pullCpu },
       rows,
       problems,

@@ -7,10 +7,15 @@
 // processes: filesystem backend, S3 backend, S3 with `redirect: true`.
 // For each: one cold GET (an upstream fill) and three warm ones, with
 // `curl -o /dev/null -w '%{time_total}'`; one more warm GET is hashed.
+// "stored" is from the cold GET's start until the blob is in the store
+// (the object listed, the file there; polled every 25 ms): the client has its
+// last byte before the upload completes. "peak RSS" is the mirror process's
+// VmHWM after the cold fill: what the fill's part buffers cost.
 // Then two replicas on one bucket pull an image one after the other, and
 // the upstream's access log says what the second one cost.
 import { createHash } from 'node:crypto'
 import { spawn } from 'node:child_process'
+import { access, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Scope } from './scope.js'
 import { buildImage, pushBlob, pushImage, randomBytesFile, MT } from '../test/harness/images.js'
@@ -55,6 +60,22 @@ const median = (xs: number[]): number => {
 
 const rate = (bytes: number, seconds: number): string => `${(bytes / MB / seconds).toFixed(0)} MB/s`
 
+/** Peak resident memory of a process (VmHWM), in MB. */
+async function peakRss(pid: number | undefined): Promise<number> {
+  if (pid === undefined) return NaN
+  const m = /^VmHWM:\s+(\d+) kB$/m.exec(await readFile(`/proc/${pid}/status`, 'utf8'))
+  return m === null ? NaN : (Number(m[1]) * 1024) / MB
+}
+
+/** Seconds until stored() holds, polled every 25 ms, at most two minutes. */
+async function secondsUntil(stored: () => Promise<boolean>, started: number): Promise<number> {
+  while (!(await stored())) {
+    if (Date.now() - started > 120_000) return NaN
+    await new Promise((r) => setTimeout(r, 25))
+  }
+  return (Date.now() - started) / 1000
+}
+
 function mirrorConfig(registry: Registry, storage: Record<string, unknown>): Record<string, unknown> {
   return { storage, upstreams: { [registry.host]: { url: registry.url } }, defaultUpstream: registry.host, log: { level: 'warn' } }
 }
@@ -63,19 +84,24 @@ async function throughput(scope: Scope, registry: Registry, s3: S3Server, work: 
   const path = join(work, 'blob')
   const digest = await randomBytesFile(path, SIZE)
   await pushBlob(registry, 'bench/blob', path, digest)
-  const systems: Array<{ name: string; storage: Record<string, unknown>; follow: boolean }> = [
-    { name: 'filesystem', storage: { filesystem: { root: join(work, 'fs-cache') } }, follow: false },
-    { name: 's3', storage: { s3: s3StorageDocument(s3, { prefix: 'plain/', spoolDir: join(work, 'spool-plain') }) }, follow: false },
-    { name: 's3 + redirect', storage: { s3: s3StorageDocument(s3, { prefix: 'redirect/', redirect: true, spoolDir: join(work, 'spool-redirect') }) }, follow: true },
+  const hex = digest.slice('sha256:'.length)
+  const inBucket = (prefix: string) => async (): Promise<boolean> => (await s3.objects(`${prefix}blobs/`)).has(`${prefix}blobs/sha256/${hex}`)
+  const onDisk = async (): Promise<boolean> => access(join(work, 'fs-cache', 'blobs', 'sha256', hex.slice(0, 2), hex)).then(() => true, () => false)
+  const systems: Array<{ name: string; storage: Record<string, unknown>; follow: boolean; stored: () => Promise<boolean> }> = [
+    { name: 'filesystem', storage: { filesystem: { root: join(work, 'fs-cache') } }, follow: false, stored: onDisk },
+    { name: 's3', storage: { s3: s3StorageDocument(s3, { prefix: 'plain/', spoolDir: join(work, 'spool-plain') }) }, follow: false, stored: inBucket('plain/') },
+    { name: 's3 + redirect', storage: { s3: s3StorageDocument(s3, { prefix: 'redirect/', redirect: true, spoolDir: join(work, 'spool-redirect') }) }, follow: true, stored: inBucket('redirect/') },
   ]
   const rows: string[] = []
   for (const sys of systems) {
     const mirror = await startMirror(scope.asTest(), { config: mirrorConfig(registry, sys.storage) })
     const url = `${mirror.url}/v2/bench/blob/blobs/${digest}`
-    const cold = await curl(url)
+    const started = Date.now()
+    const [cold, storedAfter] = await Promise.all([curl(url), secondsUntil(sys.stored, started)])
     if (cold.status !== 200 || cold.bytes !== SIZE) throw new Error(`${sys.name} cold: ${cold.status} ${cold.bytes}`)
-    // The fill publishes after the client has its last byte; let it land before timing hits.
-    await new Promise((r) => setTimeout(r, 1500))
+    // Settle before timing hits (a fill in progress would be joined, not hit).
+    await new Promise((r) => setTimeout(r, 500))
+    const rss = await peakRss(mirror.pid())
     const warm: number[] = []
     for (let i = 0; i < WARM_ROUNDS; i++) {
       const w = await curl(url, sys.follow)
@@ -85,11 +111,11 @@ async function throughput(scope: Scope, registry: Registry, s3: S3Server, work: 
     const hashed = await hashOf(url)
     if (hashed !== digest) throw new Error(`${sys.name}: warm GET hashed to ${hashed}`)
     const w = median(warm)
-    rows.push(`| ${sys.name.padEnd(13)} | ${cold.seconds.toFixed(2)} s (${rate(SIZE, cold.seconds)}) | ${w.toFixed(2)} s (${rate(SIZE, w)}) |`)
+    rows.push(`| ${sys.name.padEnd(13)} | ${cold.seconds.toFixed(2)} s (${rate(SIZE, cold.seconds)}) | ${storedAfter.toFixed(2)} s | ${rss.toFixed(0)} MB | ${w.toFixed(2)} s (${rate(SIZE, w)}) |`)
     await mirror.stop()
   }
   process.stdout.write(`\n${SIZE / MB} MB blob, one client, curl time_total (warm: median of ${WARM_ROUNDS}); upstream on loopback\n\n`)
-  process.stdout.write('| backend       | cold (fill)          | warm (cache hit)     |\n|---------------|----------------------|----------------------|\n')
+  process.stdout.write('| backend       | cold (fill)          | stored  | peak RSS | warm (cache hit)     |\n|---------------|----------------------|---------|----------|----------------------|\n')
   process.stdout.write(`${rows.join('\n')}\n`)
 }
 

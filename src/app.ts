@@ -20,6 +20,8 @@ export interface AppOptions {
   readonly api?: readonly ApiRoute[]
   /** Pages outside /v2/ and /api/ (the status page at /); registered last, protected like /v2/. */
   readonly pages?: (app: FastifyInstance) => void
+  /** Routes other replicas call (src/cluster): under their own prefix, authenticated by their own signatures, not client auth. */
+  readonly internal?: { readonly prefix: string; readonly register: (app: FastifyInstance) => void }
 }
 
 /** Builds the HTTP(S) server around a mirror; never listens. */
@@ -69,7 +71,7 @@ export function buildApp(mirror: Mirror, options: AppOptions = {}): FastifyInsta
     checkRequest(request)
   })
 
-  if (options.auth !== undefined) requireClientAuth(app, options.auth)
+  if (options.auth !== undefined) requireClientAuth(app, options.auth, options.internal?.prefix)
 
   app.addHook('onResponse', async (request, reply) => recordResponse(mirror, request, reply))
 
@@ -82,6 +84,7 @@ export function buildApp(mirror: Mirror, options: AppOptions = {}): FastifyInsta
   registerOpsRoutes(app, mirror)
   registerRegistryRoutes(app, mirror)
   if (options.api !== undefined) registerApi(app, options.api)
+  options.internal?.register(app)
   options.pages?.(app)
   return app
 }

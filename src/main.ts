@@ -18,6 +18,8 @@ import { createPrefetchJobs } from './prefetch/service.js'
 import { submitPatiently } from './prefetch/submit-patiently.js'
 import { prepullRoutes } from './prepull/routes.js'
 import { startPrewarm } from './prewarm/start.js'
+import { createCluster } from './cluster/service.js'
+import { Metrics } from './observability/metrics.js'
 
 /**
  * `stevedore serve`: the only place with process side effects. Resolves with
@@ -33,7 +35,15 @@ export async function serve(options: LoadOptions): Promise<number> {
   const auth = config.auth === undefined ? undefined : new ClientAuth({ htpasswd: config.auth.htpasswd, log, compare: (password, hash) => bcrypt.compare(password, hash) })
   await auth?.start()
   const tls = config.tls === undefined ? undefined : await readCertificates(config.tls)
-  const mirror = await createMirror(config, log)
+  const metrics = new Metrics()
+  const cluster = config.cluster === undefined ? undefined : createCluster(config.cluster, {
+    log,
+    metrics,
+    // A shared bucket is written by each digest's owner alone; per-replica disks each keep what they served.
+    keep: config.storage.backend.kind !== 's3',
+    readTimeoutMs: config.timeouts.connectMs + config.timeouts.readMs,
+  })
+  const mirror = await createMirror(config, log, { metrics, ...(cluster !== undefined ? { router: cluster.router } : {}) })
   await initStore(mirror)
   const prefetch = createPrefetchJobs(mirror)
   // Would a pull of this image go through the mirror (its registry an upstream, its repository allowed)?
@@ -70,16 +80,18 @@ export async function serve(options: LoadOptions): Promise<number> {
   ]
   // The status page reads what the API serves: never more recent pulls than the ring keeps.
   const pages = insights === undefined ? undefined : statusPage(insights.insights, { recentPulls: Math.min(20, config.insights.recentPulls) })
-  const app = buildApp(mirror, { ...(auth !== undefined ? { auth } : {}), ...(tls !== undefined ? { tls } : {}), api, ...(pages !== undefined ? { pages } : {}) })
+  const app = buildApp(mirror, { ...(auth !== undefined ? { auth } : {}), ...(tls !== undefined ? { tls } : {}), api, ...(pages !== undefined ? { pages } : {}), ...(cluster !== undefined ? { internal: cluster.internal(mirror) } : {}) })
   const certificates = config.tls === undefined ? undefined : reloadCertificates(config.tls, (pair) => (app.server as unknown as TlsServer).setSecureContext(pair), log)
   await app.listen({ host: config.listen.host, port: config.listen.port })
   void warmUp(app.server.address(), tls !== undefined)
+  cluster?.start()
   log.info({
     listen: `${tls !== undefined ? 'https' : 'http'}://${config.listen.host}:${config.listen.port}`,
     clientAuth: auth === undefined ? 'off' : `htpasswd (${auth.userCount} users)`,
     storage: mirror.store.kind,
     upstreams: [...config.upstreams.values()].map((u) => ({ name: u.name, url: u.url.origin, auth: u.username !== undefined ? 'credentials' : 'anonymous' })),
     defaultUpstream: config.defaultUpstream,
+    ...(config.cluster !== undefined ? { cluster: { self: config.cluster.self, peers: config.cluster.peers ?? `dns:${config.cluster.discovery?.host ?? ''}:${config.cluster.discovery?.port ?? ''}` } } : {}),
   }, 'stevedore listening')
 
   return new Promise<number>((resolve) => {
@@ -91,7 +103,9 @@ export async function serve(options: LoadOptions): Promise<number> {
       certificates?.close()
       prefetch.stop()
       void prewarmer?.stop()
+      // Peers see this replica leave by its health checks failing once the listener closes.
       void shutDown(mirror, app, signal, async () => insights?.stop())
+        .then(() => cluster?.stop())
         .then(() => bcrypt.close())
         .then(() => resolve(0))
     }

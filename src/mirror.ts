@@ -1,7 +1,7 @@
 import { hostname } from 'node:os'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
-import { BlobService } from './cache/blobs.js'
+import { BlobService, type FillRouter } from './cache/blobs.js'
 import { Evictor } from './cache/eviction.js'
 import { ManifestStore } from './cache/manifest-store.js'
 import { ManifestService } from './cache/manifests.js'
@@ -52,6 +52,8 @@ export interface MirrorOptions {
   /** Overrides the store the config names (tests). */
   readonly store?: BlobStore
   readonly metrics?: Metrics
+  /** Owners for fills, when replicas share the fetching (src/cluster). */
+  readonly router?: FillRouter
 }
 
 /** Builds the mirror's services. The store is not initialised yet: see initStore. */
@@ -119,6 +121,7 @@ export async function createMirror(config: Config, log: Logger, options: MirrorO
     scopes,
     onAccess: (digest: string, size: number) => evictor.onAccess(digest, size),
     pin: (digest: string) => evictor.pin(digest),
+    ...(options.router !== undefined ? { router: options.router } : {}),
     events: {
       onUpstreamBytes: (n) => metrics.upstreamBytes.inc(n),
       onEnd: (fill, failure) => {

@@ -8,11 +8,16 @@ const OPEN_PATHS = new Set(['/healthz', '/readyz', '/metrics'])
 
 const CHALLENGE = { 'www-authenticate': 'Basic realm="stevedore"' }
 
-/** Every request but the open probes must carry credentials the htpasswd file accepts. */
-export function requireClientAuth(app: FastifyInstance, auth: ClientAuth): void {
+/**
+ * Every request but the open probes must carry credentials the htpasswd
+ * file accepts. Paths under `selfAuthenticated` (the peer endpoint) check
+ * their own signatures: replicas hold no client password.
+ */
+export function requireClientAuth(app: FastifyInstance, auth: ClientAuth, selfAuthenticated?: string): void {
   app.addHook('onRequest', async (request) => {
     const path = (request.raw.url ?? '/').split('?', 1)[0] ?? '/'
     if (OPEN_PATHS.has(path)) return
+    if (selfAuthenticated !== undefined && path.startsWith(`${selfAuthenticated}/`)) return
     const outcome = await auth.check(request.headers.authorization, request.ip)
     if (outcome.kind === 'ok') return
     if (outcome.kind === 'limited') {

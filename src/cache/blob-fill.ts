@@ -31,6 +31,8 @@ export interface FillSource {
   readonly upstream: string
   /** The registry it is (its URL's origin): what the fill proves holds the blob. */
   readonly registry: string
+  /** The replica that owns the digest, when the bytes come through it rather than straight from the upstream. */
+  readonly via?: string
   /**
    * Asks the upstream for the blob. Resolves once it answered 200; rejects
    * with a RegistryError when it answered otherwise or not at all.
@@ -91,6 +93,8 @@ export class BlobFill {
   error: Error | undefined
   readonly upstream: string
   readonly registry: string
+  /** True when the bytes come through the replica that owns the digest. */
+  readonly forwarded: boolean
   /** Resolves when the upstream answered 200 (size known), rejects when it did not. */
   readonly ready: Promise<void>
   /** Resolves when the fill has ended, either way; never rejects. */
@@ -114,12 +118,14 @@ export class BlobFill {
 
   constructor(
     readonly digest: string,
-    private readonly store: BlobStore,
+    /** Only writers are asked of the store: a fill never reads it. */
+    private readonly store: Pick<BlobStore, 'createWriter'>,
     private readonly source: FillSource,
     private readonly options: FillOptions,
   ) {
     this.upstream = source.upstream
     this.registry = source.registry
+    this.forwarded = source.via !== undefined
     this.ready = new Promise<void>((resolve, reject) => {
       this.resolveReady = resolve
       this.rejectReady = reject

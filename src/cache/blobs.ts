@@ -3,7 +3,7 @@ import type { Logger } from 'pino'
 import type { SlotClass, Slots } from '../limits/slots.js'
 import { RegistryError } from '../oci/errors.js'
 import { BlobNotFoundError, type BlobStore, type ByteRange } from '../storage/blob-store.js'
-import { downloadBlob } from '../upstream/blob-download.js'
+import { downloadBlob, type UpstreamBlob } from '../upstream/blob-download.js'
 import type { UpstreamClient } from '../upstream/client.js'
 import { errorForUpstreamStatus } from '../upstream/errors.js'
 import { BlobFill, type FillEvents } from './blob-fill.js'
@@ -12,6 +12,7 @@ import { FillReader } from './fill-reader.js'
 import { parseRange } from './range.js'
 import { SingleFlight } from '../lib/single-flight.js'
 import type { Confirmation, ContentScopes } from './scopes.js'
+import { verifyOnly } from './verify-only-writer.js'
 
 export type CacheResult = 'hit' | 'miss' | 'joined' | 'stale' | 'revalidated'
 
@@ -54,6 +55,26 @@ export interface BlobGetOptions {
   readonly allowRedirect?: boolean
   /** Live pulls keep their reserved fill slots over background work. */
   readonly slotClass?: SlotClass
+  /** A miss is filled from the upstream here, never forwarded (a peer asked: this replica owns the digest). */
+  readonly direct?: boolean
+}
+
+/**
+ * Where a fill gets its bytes when another replica owns the digest
+ * (src/cluster): every replica then fetches each blob once between them.
+ */
+export interface FillRouter {
+  /** The route for this target's fill; undefined when this replica fetches it from the upstream itself. */
+  route(target: BlobTarget): FillRoute | undefined
+}
+
+export interface FillRoute {
+  /** The replica the bytes come from, for logs. */
+  readonly via: string
+  /** Whether this replica stores the bytes too (its own disk), or only serves them (the shared bucket its owner writes). */
+  readonly keep: boolean
+  /** As downloadBlob: the whole blob as one stream, from the owner or, should it fail, from the upstream. */
+  open(signal: AbortSignal): Promise<UpstreamBlob>
 }
 
 export interface BlobServiceOptions {
@@ -70,6 +91,8 @@ export interface BlobServiceOptions {
   readonly pin?: (digest: string) => () => void
   /** Which registries hold which blobs: a cached blob is served only through those. */
   readonly scopes: ContentScopes
+  /** Replicas that share the fetching; none: every miss goes to the upstream. */
+  readonly router?: FillRouter
 }
 
 /** Blob answers from the store, or from one shared upstream fill per digest. */
@@ -113,13 +136,17 @@ export class BlobService {
       return hit
     }
     const running = this.fills.get(target.digest)
+    // A peer asks because its ring says we own the digest, while ours sends it on: joining would wait on the asker itself.
+    if (options.direct === true && running?.forwarded === true) {
+      throw new RegistryError('UNAVAILABLE', 'this replica forwards this blob itself; fetch it from the upstream', { headers: { 'retry-after': '1' } })
+    }
     // Joining a fill through another registry: this one must hold the blob too.
     if (running !== undefined && running.registry !== target.client.origin) await this.inScope(target)
     if (running === undefined && rangeHeader !== undefined && parseRange(rangeHeader, Number.MAX_SAFE_INTEGER) !== undefined) {
       // A range that cannot be satisfied must not cost a download: one HEAD gives the size.
       parseRange(rangeHeader, await upstreamSize(target))
     }
-    const { value: fill, joined } = this.fills.join(target.digest, () => this.startFill(target, options.slotClass ?? 'live'), (f) => f.done)
+    const { value: fill, joined } = this.fills.join(target.digest, () => this.startFill(target, options.slotClass ?? 'live', options.direct === true), (f) => f.done)
     await fill.ready
     // Storage failed under this fill: it serves only the client that started it. Others are told to retry, before any byte.
     if (joined && fill.passThrough) throw new RegistryError('UNAVAILABLE', 'cache storage failed during this blob\'s fill; retry', { headers: { 'retry-after': '1' } })
@@ -142,7 +169,7 @@ export class BlobService {
     }
     const running = this.fills.get(target.digest)
     if (running !== undefined && running.registry !== target.client.origin) await this.inScope(target)
-    const { value: fill, joined } = this.fills.join(target.digest, () => this.startFill(target, slotClass), (f) => f.done)
+    const { value: fill, joined } = this.fills.join(target.digest, () => this.startFill(target, slotClass, false), (f) => f.done)
     // Nobody reads this fill's bytes: should storage fail, it must not wait for a reader that never comes.
     if (!joined) fill.originatorLeft()
     await fill.ready
@@ -226,13 +253,17 @@ export class BlobService {
     return { kind: 'file', cache: 'hit', size, range, source }
   }
 
-  private startFill(target: BlobTarget, slotClass: SlotClass): BlobFill {
+  private startFill(target: BlobTarget, slotClass: SlotClass, direct: boolean): BlobFill {
     const { events = {}, fillSlots } = this.options
     const unpin = this.options.pin?.(target.digest)
-    const fill = new BlobFill(target.digest, this.store, {
+    const route = direct ? undefined : this.options.router?.route(target)
+    // Not kept here: the bytes are still hashed, so clients are cut on a mismatch, but the owner alone writes the object.
+    const store = route === undefined || route.keep ? this.store : verifyOnly
+    const fill = new BlobFill(target.digest, store, {
       upstream: target.client.name,
       registry: target.client.origin,
-      open: (signal) => downloadBlob(target.client, target.repository, target.digest, signal),
+      ...(route !== undefined ? { via: route.via } : {}),
+      open: route !== undefined ? (signal) => route.open(signal) : (signal) => downloadBlob(target.client, target.repository, target.digest, signal),
     }, {
       spoolDir: this.options.spoolDir,
       log: this.options.log,
@@ -246,7 +277,10 @@ export class BlobService {
           events.onPassThrough?.(f)
         },
         // Fetched through this registry: it holds the blob. Written before the fill ends, so a restart knows it.
-        onStored: (f) => this.options.scopes.record(f.registry, [f.digest]),
+        // An asker on a shared bucket keeps nothing: the owner records what it stored.
+        onStored: async (f) => {
+          if (store === this.store) await this.options.scopes.record(f.registry, [f.digest])
+        },
         onEnd: (f, failure) => {
           // Only now may a new request start another fill: the store has the blob, or nothing.
           this.fills.end(f.digest, f)

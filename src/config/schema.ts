@@ -9,6 +9,7 @@ import { DAY_MS, Duration, GIB, Int, Listen, MIB, OneOf, Size, Text } from './fi
 import { resolveStorage, Storage, type StorageConfig } from './storage.js'
 import { resolveUpstream, Upstreams, type SecretReader, type UpstreamConfig } from './upstreams.js'
 import { Insights } from './insights.js'
+import { Cluster, resolveCluster, type ClusterConfig } from './cluster.js'
 import { Prefetch, Prepull, Prewarm } from './warming.js'
 
 export { ConfigError } from './errors.js'
@@ -17,6 +18,7 @@ export type { FilesystemStorageConfig, S3StorageConfig, StorageConfig } from './
 export type { SecretReader, UpstreamConfig } from './upstreams.js'
 export type { PrefetchConfig, PrepullConfig, PrewarmConfig } from './warming.js'
 export type { InsightsConfig } from './insights.js'
+export type { ClusterConfig } from './cluster.js'
 
 const Cache = Type.Transform(Type.Object({
   // Ages compared with clocks, not timers: up to a year.
@@ -118,6 +120,8 @@ export const ConfigSchema = Type.Transform(Type.Object({
   prewarm: Prewarm,
   prepull: Prepull,
   insights: Insights,
+  /** Replicas sharing upstream fetches; none when unset. */
+  cluster: Type.Optional(Cluster),
   log: Log,
 }, { additionalProperties: false, problem: 'the config file must be a YAML mapping' })).Decode(({ log, ...c }) => {
   if (c.defaultUpstream !== undefined && !c.upstreams.has(c.defaultUpstream)) {
@@ -133,12 +137,14 @@ export type TimeoutConfig = Readonly<StaticDecode<typeof Timeouts>>
 export type LimitsConfig = Readonly<StaticDecode<typeof Limits>>
 export type LogLevel = StaticDecode<typeof Log>['level']
 
-export type Config = Readonly<Omit<ConfigDocument, 'storage' | 'upstreams' | 'cache' | 'timeouts' | 'limits'> & {
+export type Config = Readonly<Omit<ConfigDocument, 'storage' | 'upstreams' | 'cache' | 'timeouts' | 'limits' | 'cluster'> & {
   readonly storage: StorageConfig
   readonly upstreams: ReadonlyMap<string, UpstreamConfig>
   readonly cache: CacheConfig
   readonly timeouts: TimeoutConfig
   readonly limits: LimitsConfig
+  /** The replicas this one shares upstream fetches with; undefined: no cluster. */
+  readonly cluster: ClusterConfig | undefined
 }>
 
 /** The embedded default: what `stevedore serve` runs with no config file. */
@@ -214,5 +220,9 @@ export function validateConfig(raw: unknown, options: ValidateOptions = {}): Con
   }
   const upstreams = new Map<string, UpstreamConfig>()
   for (const [name, u] of decoded.upstreams) upstreams.set(name, resolveUpstream(u, env, readSecret))
-  return { ...decoded, storage: resolveStorage(decoded.storage, env), upstreams }
+  const { cluster: clusterDocument, ...rest } = decoded
+  const cluster = clusterDocument === undefined
+    ? undefined
+    : resolveCluster(clusterDocument, { env, readSecret, listenPort: decoded.listen.port, listenerTls: decoded.tls !== undefined })
+  return { ...rest, storage: resolveStorage(decoded.storage, env), upstreams, cluster }
 }

@@ -62,7 +62,8 @@ export type UpstreamConfig = Readonly<Omit<UpstreamDocument, 'passwordFile' | 'p
 /** Reads a file named in the configuration (a password, a CA bundle). */
 export type SecretReader = (path: string) => string
 
-function read(readSecret: SecretReader, path: string, key: string): string {
+/** A file the configuration names, read through `readSecret`; one that cannot be read is a ConfigError at `key`. */
+export function readSecretFile(readSecret: SecretReader, path: string, key: string): string {
   try {
     return readSecret(path)
   } catch (err) {
@@ -75,14 +76,14 @@ export function resolveUpstream(u: UpstreamDocument, env: NodeJS.ProcessEnv, rea
   const key = `upstreams.${u.name}`
   const { passwordFile, passwordEnv, ca: caFile, ...rest } = u
   let password = u.password
-  if (passwordFile !== undefined) password = read(readSecret, passwordFile, `${key}.passwordFile`).replace(/\r?\n$/, '')
+  if (passwordFile !== undefined) password = readSecretFile(readSecret, passwordFile, `${key}.passwordFile`).replace(/\r?\n$/, '')
   if (passwordEnv !== undefined) {
     password = env[passwordEnv]
     if (password === undefined || password === '') throw new ConfigError(`${key}.passwordEnv`, `environment variable ${passwordEnv} is not set`)
   }
   let ca: string | undefined
   if (caFile !== undefined) {
-    ca = read(readSecret, caFile, `${key}.ca`)
+    ca = readSecretFile(readSecret, caFile, `${key}.ca`)
     if (!ca.includes('-----BEGIN CERTIFICATE-----')) throw new ConfigError(`${key}.ca`, 'is not a PEM certificate bundle')
   }
   return { ...rest, ...(password !== undefined ? { password } : {}), ...(ca !== undefined ? { ca } : {}) }

@@ -184,6 +184,33 @@ export class Metrics {
     registers: [this.registry],
   })
 
+  readonly clusterMembers = new Gauge({
+    name: 'stevedore_cluster_members',
+    help: 'Replicas this one knows (known) and those in its ring now, healthy (live); self included.',
+    labelNames: ['state'] as const,
+    registers: [this.registry],
+  })
+
+  readonly clusterForwards = new Counter({
+    name: 'stevedore_cluster_forwards_total',
+    help: 'Fills of blobs another replica owns, by outcome: forwarded (served through the owner), or why the upstream was asked instead (unreachable, refused, owner_error, mid_stream).',
+    labelNames: ['outcome'] as const,
+    registers: [this.registry],
+  })
+
+  readonly clusterPeerBytes = new Counter({
+    name: 'stevedore_cluster_peer_bytes_received_total',
+    help: 'Blob bytes received from owner replicas.',
+    registers: [this.registry],
+  })
+
+  readonly clusterPeerRequests = new Counter({
+    name: 'stevedore_cluster_peer_requests_total',
+    help: 'Blob requests from other replicas for blobs this one owns, by result (hit, miss, joined; refused: a bad or missing signature).',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  })
+
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'stevedore_process_' })
   }

@@ -3,7 +3,7 @@ import type { StoredManifest } from '../cache/manifest-store.js'
 
 /** What a request touched, for its one log line and its metrics. */
 export interface RequestContext {
-  kind: 'base' | 'manifest' | 'blob' | 'tags' | 'referrers' | 'upload' | 'ops' | 'api' | 'page' | 'other'
+  kind: 'base' | 'manifest' | 'blob' | 'tags' | 'referrers' | 'upload' | 'ops' | 'api' | 'page' | 'peer' | 'other'
   upstream?: string
   repository?: string
   digest?: string

@@ -3,6 +3,7 @@ import type { OutgoingHttpHeaders } from 'node:http'
 import { isDigestReference } from '../oci/digest.js'
 import { RegistryError } from '../oci/errors.js'
 import type { BlobSource } from '../cache/blob-source.js'
+import type { BlobAnswer } from '../cache/blobs.js'
 import type { Mirror } from '../mirror.js'
 import type { UpstreamClient } from '../upstream/client.js'
 import { errorForUpstreamStatus } from '../upstream/errors.js'
@@ -95,6 +96,12 @@ async function serveBlob(mirror: Mirror, request: FastifyRequest, reply: Fastify
   const answer = await mirror.blobs.get(target, { ...(request.headers.range !== undefined ? { range: request.headers.range } : {}), allowRedirect: true })
   ctx.cache = answer.cache
   mirror.metrics.cacheResults.inc({ kind: 'blob', result: answer.cache })
+  return sendBlobAnswer(mirror, request, reply, answer)
+}
+
+/** Writes a blob answer: a redirect, a range, or the whole blob from a file, a fill or the store's stream. */
+export async function sendBlobAnswer(mirror: Mirror, request: FastifyRequest, reply: FastifyReply, answer: BlobAnswer): Promise<unknown> {
+  const ctx = request.stevedore
   if (answer.kind === 'redirect') {
     ctx.bytes = 0
     ctx.redirect = true

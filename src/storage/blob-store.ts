@@ -74,8 +74,9 @@ export interface BlobStore {
   read(digest: string, range?: ByteRange): Promise<Readable>
   /**
    * Starts writing a new blob, hashed with the algorithm its digest will use.
-   * expectedDigest, when known, lets a backend write straight to the final
-   * place (S3 multipart to the digest's key); commit still verifies it.
+   * expectedDigest is the digest commit will be called with: S3 requires it
+   * (its upload goes straight to that digest's key, invisible until commit),
+   * the filesystem ignores it; commit still verifies the bytes against it.
    */
   createWriter(algorithm?: DigestAlgorithm, expectedDigest?: string): Promise<BlobWriter>
   /** Removes a blob; false when it was not there. */

@@ -8,6 +8,6 @@ export async function createBlobStore(config: StorageConfig, log: Logger): Promi
   const backend = config.backend
   if (backend.kind === 'filesystem') return new FilesystemBlobStore(backend.root)
   // Loaded only when configured: the AWS SDK is heavy.
-  const { createS3BlobStore } = await import('./s3.js')
+  const { createS3BlobStore } = await import('./s3-store.js')
   return createS3BlobStore(backend, log, { staleUploadMs: backend.staleUploadAgeMs })
 }

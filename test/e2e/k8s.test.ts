@@ -3,7 +3,7 @@
 // the Kubernetes schemas (kubernetes-models; unknown fields count as errors),
 // and the pieces agree with each other and with the mirror itself. No cluster
 // is needed, and nothing here sends traffic anywhere but 127.0.0.1.
-import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises'
+import { readFile, writeFile } from 'node:fs/promises'
 import { join, relative } from 'node:path'
 import type { IServiceMonitor } from '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/ServiceMonitor'
 import type { IDaemonSet } from 'kubernetes-models/apps/v1/DaemonSet'
@@ -13,237 +13,19 @@ import type { INetworkPolicy } from 'kubernetes-models/networking.k8s.io/v1/Netw
 import type { IClusterRole } from 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRole'
 import type { IClusterRoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRoleBinding'
 import type { IPodDisruptionBudget } from 'kubernetes-models/policy/v1/PodDisruptionBudget'
-import type { IConfigMap } from 'kubernetes-models/v1/ConfigMap'
 import type { INamespace } from 'kubernetes-models/v1/Namespace'
-import type { IPodSpec } from 'kubernetes-models/v1/PodSpec'
 import type { IService } from 'kubernetes-models/v1/Service'
 import type { IServiceAccount } from 'kubernetes-models/v1/ServiceAccount'
-import t from 'tap'
-import { parse as parseYaml, parseAllDocuments, stringify as stringifyYaml } from 'yaml'
-import { validateConfig, type Config } from '../../src/config/schema.js'
+import t, { type Test } from 'tap'
+import { parse as parseYaml, stringify as stringifyYaml } from 'yaml'
+import { apiServerRules, validateStrictly } from '../harness/k8s-schemas.js'
+import { all, allContainers, configOf, envOf, expandArgs, flagValue, id, K8S, kubectlReady, kustomizations, kustomize, matches, one, podSpec, withComponents, type Container, type K8sObject } from '../harness/kustomize.js'
 import { REPO_ROOT, startMirror } from '../harness/mirror.js'
-import { requireTools, run, tempDir } from '../harness/tools.js'
-
-const K8S = join(REPO_ROOT, 'k8s')
-
-interface K8sObject {
-  readonly apiVersion: string
-  readonly kind: string
-  readonly metadata: { readonly name: string; readonly namespace?: string; readonly labels?: Record<string, string>; readonly annotations?: Record<string, string> }
-}
-
-type Container = IPodSpec['containers'][number]
-
-// ------------------------------------------------------------ rendering
-
-async function kustomize(dir: string): Promise<K8sObject[]> {
-  const r = await run('kubectl', ['kustomize', dir], { timeoutMs: 60_000 })
-  if (r.code !== 0) throw new Error(`kubectl kustomize ${dir} exited ${r.code}: ${r.stderr}`)
-  return parseAllDocuments(r.stdout).map((d) => d.toJS() as K8sObject).filter((o) => o !== null)
-}
-
-async function kustomizations(dir: string): Promise<string[]> {
-  const found: string[] = []
-  for (const e of await readdir(dir, { withFileTypes: true })) {
-    const p = join(dir, e.name)
-    if (e.isDirectory()) found.push(...(await kustomizations(p)))
-    else if (e.name === 'kustomization.yaml' || e.name === 'kustomization.yml' || e.name === 'Kustomization') found.push(dir)
-  }
-  return found.sort()
-}
-
-/** A throw-away overlay (beside nothing of ours) that takes `base` and adds `components`. */
-async function withComponents(t: Parameters<typeof tempDir>[0], base: string, components: string[]): Promise<string> {
-  const dir = join(await tempDir(t, 'stevedore-kustomize'), 'overlay')
-  await mkdir(dir)
-  const rel = (p: string): string => relative(dir, p)
-  await writeFile(join(dir, 'kustomization.yaml'), [
-    'apiVersion: kustomize.config.k8s.io/v1beta1',
-    'kind: Kustomization',
-    'resources:',
-    `  - ${rel(base)}`,
-    'components:',
-    ...components.map((c) => `  - ${rel(c)}`),
-    '',
-  ].join('\n'))
-  return dir
-}
-
-// ------------------------------------------------------------ schemas
-
-type ValidateFn = ((data: unknown) => boolean) & { errors?: Array<{ instancePath: string; message?: string; keyword: string; params?: unknown }> | null }
-
-const cap = (s: string): string => s.charAt(0).toUpperCase() + s.slice(1)
-
-async function validatorFor(apiVersion: string, kind: string): Promise<ValidateFn> {
-  const [group, version] = apiVersion.includes('/') ? apiVersion.split('/') as [string, string] : ['core', apiVersion]
-  if (group === 'monitoring.coreos.com') {
-    const file = join(REPO_ROOT, 'node_modules', '@kubernetes-models', 'prometheus-operator', '_schemas', `ComGithubPrometheusOperatorPrometheusOperatorPkgApisMonitoring${cap(version)}${kind}.js`)
-    return ((await import(file)) as { validate: ValidateFn }).validate
-  }
-  const name = `IoK8sApi${cap(group.split('.')[0] as string)}${cap(version)}${kind}`
-  return ((await import(`kubernetes-models/_schemas/${name}`)) as { validate: ValidateFn }).validate
-}
-
-/**
- * Validates against the schema and, since the generated validators let
- * unknown fields through (a typo such as `readOnlyRootFileSystem` would pass),
- * also reports every field the validator never looked at: it runs on a proxy
- * that records which keys the schema asked for. Maps (labels, data, limits)
- * are enumerated by the validator and so count as known.
- */
-async function validateStrictly(obj: K8sObject): Promise<string[]> {
-  const validate = await validatorFor(obj.apiVersion, obj.kind)
-  const read = new Map<object, Set<PropertyKey>>()
-  const enumerated = new Set<object>()
-  const proxies = new WeakMap<object, object>()
-  const note = (target: object, key: PropertyKey): void => {
-    let keys = read.get(target)
-    if (keys === undefined) read.set(target, (keys = new Set()))
-    keys.add(key)
-  }
-  const wrap = (v: unknown): unknown => {
-    if (v === null || typeof v !== 'object') return v
-    const existing = proxies.get(v)
-    if (existing !== undefined) return existing
-    const p = new Proxy(v, {
-      get: (target, key, receiver) => {
-        note(target, key)
-        return wrap(Reflect.get(target, key, receiver))
-      },
-      has: (target, key) => {
-        note(target, key)
-        return Reflect.has(target, key)
-      },
-      getOwnPropertyDescriptor: (target, key) => {
-        note(target, key)
-        return Reflect.getOwnPropertyDescriptor(target, key)
-      },
-      ownKeys: (target) => {
-        enumerated.add(target)
-        return Reflect.ownKeys(target)
-      },
-    })
-    proxies.set(v, p)
-    return p
-  }
-  if (!validate(wrap(obj))) {
-    return (validate.errors ?? []).map((e) => `${e.instancePath || '/'} ${e.message ?? e.keyword} ${e.params !== undefined ? JSON.stringify(e.params) : ''}`)
-  }
-  const unknown: string[] = []
-  const walk = (v: unknown, path: string): void => {
-    if (Array.isArray(v)) v.forEach((x, i) => walk(x, `${path}/${i}`))
-    else if (v !== null && typeof v === 'object') {
-      const keys = read.get(v) ?? new Set<PropertyKey>()
-      for (const [k, x] of Object.entries(v)) {
-        if (!enumerated.has(v) && !keys.has(k)) unknown.push(`${path}/${k}: unknown field`)
-        else walk(x, `${path}/${k}`)
-      }
-    }
-  }
-  walk(obj, '')
-  return unknown
-}
-
-/**
- * Rules the API server enforces that the OpenAPI schemas do not carry, for
- * the workloads here: unique container, volume and port names; mounts of
- * existing volumes; a selector that matches the pod template; ConfigMaps and
- * ServiceAccounts that exist in the namespace.
- */
-function apiServerRules(o: K8sObject, objs: K8sObject[]): string[] {
-  if (o.kind !== 'Deployment' && o.kind !== 'DaemonSet') return []
-  const w = o as unknown as IDeployment | IDaemonSet
-  const problems: string[] = []
-  const spec = w.spec?.template.spec
-  if (spec === undefined) return ['no pod spec']
-  const dupes = (names: string[]): string[] => names.filter((n, i) => names.indexOf(n) !== i)
-  const containers = [...(spec.initContainers ?? []), ...spec.containers]
-  for (const n of dupes(containers.map((c) => c.name))) problems.push(`container name ${n} used twice (init containers included)`)
-  const volumes = (spec.volumes ?? []).map((v) => v.name)
-  for (const n of dupes(volumes)) problems.push(`volume ${n} defined twice`)
-  for (const c of containers) {
-    for (const m of c.volumeMounts ?? []) if (!volumes.includes(m.name)) problems.push(`${c.name} mounts volume ${m.name}, which is not defined`)
-    const ports = (c.ports ?? []).map((p) => p.name ?? '')
-    for (const p of ports) if (p.length > 15) problems.push(`${c.name}: port name ${p} is longer than 15 characters`)
-    for (const n of dupes(ports.filter(Boolean))) problems.push(`${c.name}: port name ${n} used twice`)
-    for (const probe of [c.livenessProbe, c.readinessProbe, c.startupProbe]) {
-      const port = probe?.httpGet?.port
-      if (typeof port === 'string' && !ports.includes(port)) problems.push(`${c.name}: a probe uses port ${port}, which the container does not name`)
-    }
-  }
-  if (!matches(w.spec?.selector.matchLabels, w.spec?.template.metadata?.labels)) problems.push('the selector does not match the pod template labels')
-  const ns = o.metadata.namespace
-  for (const v of spec.volumes ?? []) {
-    const cm = v.configMap?.name
-    if (cm !== undefined && !objs.some((x) => x.kind === 'ConfigMap' && x.metadata.name === cm && x.metadata.namespace === ns)) problems.push(`ConfigMap ${cm} is not in namespace ${ns ?? ''}`)
-    const claim = v.persistentVolumeClaim?.claimName
-    if (claim !== undefined && !objs.some((x) => x.kind === 'PersistentVolumeClaim' && x.metadata.name === claim && x.metadata.namespace === ns)) problems.push(`PVC ${claim} is not in namespace ${ns ?? ''}`)
-  }
-  const sa = spec.serviceAccountName
-  if (sa !== undefined && !objs.some((x) => x.kind === 'ServiceAccount' && x.metadata.name === sa && x.metadata.namespace === ns)) problems.push(`ServiceAccount ${sa} is not in namespace ${ns ?? ''}`)
-  return problems
-}
-
-// ------------------------------------------------------------ lookups
-
-const id = (o: K8sObject): string => `${o.kind} ${o.metadata.namespace ?? ''}/${o.metadata.name}`
-
-function all<T>(objs: K8sObject[], kind: string): T[] {
-  return objs.filter((o) => o.kind === kind) as unknown as T[]
-}
-
-function one<T>(objs: K8sObject[], kind: string, name: string): T {
-  const found = objs.filter((o) => o.kind === kind && o.metadata.name === name)
-  if (found.length !== 1) throw new Error(`expected one ${kind} ${name}, found ${found.length}`)
-  return found[0] as unknown as T
-}
-
-const podSpec = (w: IDeployment | IDaemonSet): IPodSpec => {
-  const spec = w.spec?.template.spec
-  if (spec === undefined) throw new Error(`${w.kind} ${w.metadata?.name ?? ''} has no pod spec`)
-  return spec
-}
-
-const allContainers = (spec: IPodSpec): Container[] => [...(spec.initContainers ?? []), ...spec.containers]
-
-const matches = (selector: Record<string, string> | undefined, labels: Record<string, string> | undefined): boolean =>
-  selector !== undefined && Object.keys(selector).length > 0 && Object.entries(selector).every(([k, v]) => labels?.[k] === v)
-
-/** The config a workload reads: the ConfigMap mounted at the directory of its --config file. */
-function configOf(objs: K8sObject[], w: IDeployment | IDaemonSet, c: Container): { text: string; config: Config; configMap: string } {
-  const args = c.args ?? []
-  const flag = args.findIndex((a) => a === '--config' || a.startsWith('--config='))
-  if (flag < 0) throw new Error(`${c.name}: no --config`)
-  const file = args[flag]?.includes('=') ? (args[flag] as string).split('=')[1] as string : (args[flag + 1] as string)
-  const dir = file.slice(0, file.lastIndexOf('/'))
-  const mount = (c.volumeMounts ?? []).find((m) => m.mountPath === dir)
-  if (mount === undefined) throw new Error(`${c.name}: nothing mounted at ${dir}`)
-  const volume = (podSpec(w).volumes ?? []).find((v) => v.name === mount.name)
-  const cmName = volume?.configMap?.name
-  if (cmName === undefined) throw new Error(`${c.name}: ${dir} is not a ConfigMap`)
-  const cm = objs.find((o) => o.kind === 'ConfigMap' && o.metadata.name === cmName && o.metadata.namespace === w.metadata?.namespace) as IConfigMap | undefined
-  if (cm === undefined) throw new Error(`${c.name}: ConfigMap ${cmName} is not in namespace ${w.metadata?.namespace ?? ''}`)
-  const text = cm.data?.[file.slice(dir.length + 1)]
-  if (text === undefined) throw new Error(`${c.name}: ConfigMap ${cmName} has no ${file.slice(dir.length + 1)}`)
-  return { text, config: validateConfig(parseYaml(text), { env: {} }), configMap: cmName }
-}
-
-/** `$(VAR)` as the kubelet expands it in command and args, from the container's own env. */
-function expandArgs(c: Container): string[] {
-  const env = new Map((c.env ?? []).map((e) => [e.name, e.value ?? '']))
-  return (c.args ?? []).map((a) => a.replace(/\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g, (whole, name: string) => env.get(name) ?? whole))
-}
-
-const flagValue = (args: string[], name: string): string | undefined => {
-  const i = args.findIndex((a) => a === `--${name}` || a.startsWith(`--${name}=`))
-  if (i < 0) return undefined
-  return args[i]?.includes('=') ? args[i]?.slice(name.length + 3) : args[i + 1]
-}
+import { run, tempDir } from '../harness/tools.js'
 
 // ------------------------------------------------------------ checks shared by base and overlays
 
-function checkMirrorWorkload(t: Tap, objs: K8sObject[], d: IDeployment): void {
+function checkMirrorWorkload(t: Test, objs: K8sObject[], d: IDeployment): void {
   const spec = podSpec(d)
   const name = d.metadata?.name ?? ''
   const c = spec.containers[0] as Container
@@ -278,9 +60,7 @@ function checkMirrorWorkload(t: Tap, objs: K8sObject[], d: IDeployment): void {
   t.ok(all<IServiceAccount>(objs, 'ServiceAccount').some((sa) => sa.metadata?.name === spec.serviceAccountName && sa.metadata?.namespace === d.metadata?.namespace), `${name}: its ServiceAccount exists`)
 }
 
-type Tap = Parameters<typeof requireTools>[0]
-
-function checkNodeAgent(t: Tap, objs: K8sObject[]): { ds: IDaemonSet; service: IService } {
+function checkNodeAgent(t: Test, objs: K8sObject[]): { ds: IDaemonSet; service: IService } {
   const ds = one<IDaemonSet>(objs, 'DaemonSet', 'stevedore-node')
   const spec = podSpec(ds)
   const service = one<IService>(objs, 'Service', 'stevedore')
@@ -332,7 +112,7 @@ function checkNodeAgent(t: Tap, objs: K8sObject[]): { ds: IDaemonSet; service: I
   return { ds, service }
 }
 
-function checkService(t: Tap, objs: K8sObject[]): void {
+function checkService(t: Test, objs: K8sObject[]): void {
   const service = one<IService>(objs, 'Service', 'stevedore')
   const mirror = one<IDeployment>(objs, 'Deployment', 'stevedore')
   const selected = all<IDeployment>(objs, 'Deployment').filter((d) => matches(service.spec?.selector, d.spec?.template.metadata?.labels))
@@ -346,17 +126,6 @@ function checkService(t: Tap, objs: K8sObject[]): void {
 }
 
 // ------------------------------------------------------------ tests
-
-const kubectlReady = async (t: Tap): Promise<boolean> => {
-  if (!requireTools(t, 'kubectl')) return false
-  const v = await run('kubectl', ['version', '--client'], { timeoutMs: 30_000 })
-  const m = /Kustomize Version: v(\d+)/.exec(v.stdout)
-  if (m !== null && Number(m[1]) >= 5) return true
-  const why = `kubectl ships no kustomize 5 (${v.stdout.trim() || v.stderr.trim()}); Debian's kubectl is too old for components`
-  if (process.env['REQUIRE_E2E'] === '1') t.fail(why)
-  else void t.skip(why, () => undefined)
-  return false
-}
 
 t.test('every kustomization renders and validates against the Kubernetes schemas', async (t) => {
   if (!(await kubectlReady(t))) return
@@ -522,10 +291,8 @@ t.test('the rendered config and probe paths work against the real mirror', async
 
 // ------------------------------------------------------------ pre-warming
 
-const envOf = (c: Container, name: string): string | undefined => (c.env ?? []).find((e) => e.name === name)?.value
-
 /** What k8s/components/prewarm must give, whatever it is added to: one pre-warming Deployment, nothing more. */
-function checkPrewarm(t: Tap, objs: K8sObject[], expected: string): IDeployment {
+function checkPrewarm(t: Test, objs: K8sObject[], expected: string): IDeployment {
   const workloads = [...all<IDeployment>(objs, 'Deployment'), ...all<IDaemonSet>(objs, 'DaemonSet')]
   const prewarming = all<IDeployment>(objs, 'Deployment').filter((d) => podSpec(d).containers.some((c) => envOf(c, 'STEVEDORE_PREWARM_KUBERNETES') === 'true'))
   t.same(prewarming.map((d) => d.metadata?.name), [expected], `exactly one Deployment pre-warms: ${expected}`)
@@ -585,7 +352,7 @@ t.test('the prewarm component on the base: the one mirror pre-warms, with read-o
 })
 
 /** The prewarm component with the S3 overlay: only the evictor pre-warms; the serving replicas get no token. */
-function checkS3Prewarm(t: Tap, objs: K8sObject[]): void {
+function checkS3Prewarm(t: Test, objs: K8sObject[]): void {
   const p = checkPrewarm(t, objs, 'stevedore-evictor')
   const serving = one<IDeployment>(objs, 'Deployment', 'stevedore')
   const spec = podSpec(serving)
@@ -623,7 +390,7 @@ const NODE_PREPULL = join(K8S, 'components', 'node-prepull')
 const CRI_SOCKET = '/run/containerd/containerd.sock'
 
 /** What k8s/components/node-prepull must give: a prepull container beside the node agent's, the socket, egress to the mirror. */
-function checkNodePrepull(t: Tap, objs: K8sObject[]): Container {
+function checkNodePrepull(t: Test, objs: K8sObject[]): Container {
   const ds = one<IDaemonSet>(objs, 'DaemonSet', 'stevedore-node')
   const spec = podSpec(ds)
   const service = one<IService>(objs, 'Service', 'stevedore')

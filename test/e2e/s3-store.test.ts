@@ -1,20 +1,20 @@
 // The S3 backend against a real S3 endpoint (s3rver on loopback): the shared
-// conformance suite, then what only S3 has: object layout, multipart
-// streaming, faults on the wire, presigned redirects, start-up checks.
-import { createHash } from 'node:crypto'
+// conformance suite, then what only S3 has: object layout, reads cut on the
+// wire, presigned redirects, start-up checks and cleanup. The writer's own
+// tests (multipart streaming, backpressure, write faults) are s3-writer.test.ts.
 import { writeFile } from 'node:fs/promises'
 import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
-import t, { type Test } from 'tap'
+import t from 'tap'
 import { PutObjectCommand } from '@aws-sdk/client-s3'
 import { pino } from 'pino'
 import { LayoutError } from '../../src/storage/filesystem.js'
-import { S3BlobStore, StorageUnavailableError, TruncatedReadError, type S3BlobStoreOptions } from '../../src/storage/s3.js'
-import type { S3StorageConfig } from '../../src/config/schema.js'
+import { StorageUnavailableError, TruncatedReadError } from '../../src/storage/s3-errors.js'
+import { S3BlobStore } from '../../src/storage/s3-store.js'
 import { freePort, tempDir } from '../harness/tools.js'
-import { putBlob, readAll, runConformance, testBlob, writeAll } from '../storage/conformance.js'
-import { captureLogger, startS3, startS3Proxy, type S3Server } from '../storage/s3-helpers.js'
+import { putBlob, readAll, runConformance, testBlob } from '../storage/conformance.js'
+import { captureLogger, openS3Store, startS3, startS3Proxy, type S3Server } from '../storage/s3-helpers.js'
 
 const PART = 64 * 1024
 const quiet = pino({ level: 'silent' })
@@ -22,13 +22,7 @@ const quiet = pino({ level: 'silent' })
 const s3 = await startS3(t)
 let prefixes = 0
 
-/** An initialised store on the shared s3rver, closed at teardown. */
-async function openStore(tt: Test, config: S3StorageConfig, options: Partial<S3BlobStoreOptions> = {}): Promise<S3BlobStore> {
-  const store = new S3BlobStore(config, { log: quiet, partSize: PART, ...options })
-  tt.teardown(() => store.destroy())
-  await store.init()
-  return store
-}
+const openStore = openS3Store(PART)
 
 function objectsBesidesContent(server: S3Server, prefix: string): () => Promise<string[]> {
   return async () => {
@@ -71,96 +65,6 @@ t.test('s3: a layout marker of another version is refused', async (t) => {
   await t.rejects(openStore(t, config), { name: 'LayoutError', message: /layout version 7/ })
   await store.client.send(new PutObjectCommand({ Bucket: s3.bucket, Key: 'marker/stevedore-layout.json', Body: 'garbage' }))
   await t.rejects(openStore(t, config), LayoutError)
-})
-
-t.test('s3: multipart parts stream while writing; one part is one PutObject', async (t) => {
-  const proxy = await startS3Proxy(t, s3.endpoint)
-  const store = await openStore(t, s3.config({ prefix: 'stream/', endpoint: proxy.endpoint }))
-
-  const small = testBlob(PART - 1)
-  const puts = proxy.count('PUT', 'x-id=PutObject')
-  await putBlob(store, small)
-  t.equal(proxy.count('POST', '?uploads'), 0, 'a blob under one part starts no multipart upload')
-  t.equal(proxy.count('PUT', 'x-id=PutObject'), puts + 1, 'it is one PutObject')
-
-  const big = testBlob(16 * PART + 5)
-  const writer = await store.createWriter('sha256', big.digest)
-  await writeAll(writer, big.bytes, 10_000)
-  const partsBeforeCommit = proxy.count('PUT', 'x-id=UploadPart')
-  t.ok(partsBeforeCommit >= 14, `parts are uploaded while writing, not at commit (${partsBeforeCommit} of 17 before commit)`)
-  t.equal(await store.stat(big.digest), undefined, 'an unfinished upload is not a visible object')
-  await writer.commit(big.digest, big.bytes.byteLength)
-  t.equal(proxy.count('PUT', 'x-id=UploadPart'), 17, '17 parts in all')
-  t.equal(proxy.count('PUT', 'CopyObject'), 0, 'a writer that knows its digest uploads to the final key: no copy')
-  t.equal(proxy.requests.filter((r) => r.url.includes('/uploads/')).length, 0, 'and no staging key')
-  t.ok((await readAll(await store.read(big.digest))).equals(big.bytes), 'the object has the right bytes')
-
-  const again = await store.createWriter('sha256', big.digest)
-  await writeAll(again, big.bytes, 100_000)
-  const completes = proxy.count('POST', '?uploadId=')
-  await again.commit(big.digest, big.bytes.byteLength)
-  t.equal(proxy.count('POST', '?uploadId='), completes, 'a blob already published is not completed again')
-  t.ok(proxy.count('DELETE', 'uploadId='), 'its upload is aborted instead')
-})
-
-t.test('s3: failures while writing leave no object and abort the upload', async (t) => {
-  const proxy = await startS3Proxy(t, s3.endpoint)
-  const prefix = 'faults/'
-  const store = await openStore(t, s3.config({ prefix, endpoint: proxy.endpoint }), { clientOverrides: { maxAttempts: 1 } })
-  const visible = async (): Promise<string[]> => [...(await s3.objects(prefix)).keys()].filter((k) => k !== `${prefix}stevedore-layout.json`)
-
-  await t.test('a part upload fails', async (t) => {
-    const blob = testBlob(10 * PART)
-    proxy.rules.push({ match: (m, u) => m === 'PUT' && u.includes('partNumber=3&'), fault: { kind: 'error', status: 500, code: 'InternalError' }, times: 1 })
-    const writer = await store.createWriter('sha256', blob.digest)
-    const failed = await writeAll(writer, blob.bytes, 10_000).then(() => writer.commit(blob.digest, blob.bytes.byteLength)).then(() => undefined, (err: unknown) => err)
-    t.ok(failed instanceof Error, `write or commit rejects (${String(failed)})`)
-    await writer.cancel()
-    t.ok(proxy.count('DELETE', 'uploadId='), 'the upload is aborted (best effort)')
-    t.same(await visible(), [], 'nothing visible')
-  })
-
-  await t.test('the connection resets during a part', async (t) => {
-    const blob = testBlob(10 * PART)
-    proxy.rules.push({ match: (m, u) => m === 'PUT' && u.includes('partNumber=2&'), fault: { kind: 'reset' }, times: 1 })
-    const writer = await store.createWriter('sha256')
-    const failed = await writeAll(writer, blob.bytes, 10_000).then(() => writer.commit(blob.digest, blob.bytes.byteLength)).then(() => undefined, (err: unknown) => err)
-    t.ok(failed instanceof Error, `write or commit rejects (${String(failed)})`)
-    await writer.cancel()
-    t.same(await visible(), [], 'nothing visible, no staged object either')
-  })
-
-  await t.test('completing the upload fails', async (t) => {
-    const blob = testBlob(3 * PART)
-    proxy.rules.push({ match: (m, u) => m === 'POST' && u.includes('?uploadId='), fault: { kind: 'error', status: 503, code: 'SlowDown' }, times: 1 })
-    const writer = await store.createWriter('sha256', blob.digest)
-    await writeAll(writer, blob.bytes)
-    await t.rejects(writer.commit(blob.digest, blob.bytes.byteLength), 'commit rejects')
-    t.ok(proxy.requests.at(-1)?.method === 'DELETE' && proxy.requests.at(-1)?.url.includes('uploadId='), 'and aborts the upload')
-    t.same(await visible(), [], 'nothing visible')
-  })
-
-  await t.test('the single PutObject fails', async (t) => {
-    const blob = testBlob(1000)
-    proxy.rules.push({ match: (m, u) => m === 'PUT' && u.includes('x-id=PutObject'), fault: { kind: 'reset' }, times: 1 })
-    const writer = await store.createWriter('sha256')
-    await writeAll(writer, blob.bytes)
-    await t.rejects(writer.commit(blob.digest, blob.bytes.byteLength), 'commit rejects')
-    t.same(await visible(), [], 'nothing visible')
-  })
-
-  await t.test('a wrong digest after a multipart upload', async (t) => {
-    const blob = testBlob(5 * PART)
-    const writer = await store.createWriter('sha256', blob.digest)
-    const corrupt = Buffer.from(blob.bytes)
-    corrupt[7] = (corrupt[7] ?? 0) ^ 1
-    await writeAll(writer, corrupt)
-    const aborts = proxy.count('DELETE', 'uploadId=')
-    await t.rejects(writer.commit(blob.digest, blob.bytes.byteLength), { name: 'DigestMismatchError' })
-    t.equal(proxy.count('DELETE', 'uploadId='), aborts + 1, 'the upload is aborted')
-    t.equal(proxy.count('POST', '?uploadId='), 1, 'never completed (the one complete is the failed test above)')
-    t.same(await visible(), [], 'nothing visible')
-  })
 })
 
 t.test('s3: a read that ends short errors, never ends cleanly', async (t) => {
@@ -244,7 +148,7 @@ t.test('s3: init aborts stale multipart uploads, best effort', async (t) => {
   t.equal(aborted.length, 1, 'one upload aborted')
   t.match(aborted[0]?.url ?? '', /blobs\/sha256\/aa\?uploadId=crashed/, 'the one older than the fill timeout')
 
-  // Staged objects (from writers that did not know their digest) older than the timeout go too.
+  // Staged objects (older versions staged writers that did not know their digest) and probes older than the timeout go too.
   await plain.client.send(new PutObjectCommand({ Bucket: s3.bucket, Key: 'stale/uploads/left-behind', Body: 'x' }))
   await plain.client.send(new PutObjectCommand({ Bucket: s3.bucket, Key: 'stale/probes/left-behind', Body: 'ok' }))
   await openStore(t, s3.config({ prefix: 'stale/' }))
@@ -284,20 +188,6 @@ t.test('s3: start-up errors are clear and typed; writable follows S3', async (t)
   await own.start()
   t.equal(await store.writable(), true, 'writable again once S3 is back')
   t.same([...(await own.objects('probes/')).keys()], [], 'the probe leaves no object')
-})
-
-t.test('s3: a writer without a known digest stages, then copies', async (t) => {
-  const proxy = await startS3Proxy(t, s3.endpoint)
-  const store = await openStore(t, s3.config({ prefix: 'staged/', endpoint: proxy.endpoint }))
-  const blob = testBlob(4 * PART + 1)
-  const writer = await store.createWriter('sha256')
-  await writeAll(writer, blob.bytes)
-  t.ok(proxy.count('POST', '/staged/uploads/'), 'the upload goes to a staging key')
-  await writer.commit(blob.digest, blob.bytes.byteLength)
-  t.equal(proxy.count('PUT', 'x-id=CopyObject'), 1, 'commit copies it into place')
-  t.same([...(await s3.objects('staged/')).keys()].sort(), [`staged/blobs/sha256/${blob.digest.slice(7)}`, 'staged/stevedore-layout.json'], 'and removes the staged object')
-  const got = await readAll(await store.read(blob.digest))
-  t.equal(`sha256:${createHash('sha256').update(got).digest('hex')}`, blob.digest)
 })
 
 t.test('s3: without keys in the config the standard AWS chain supplies them (env, shared file, web identity)', async (t) => {
@@ -353,16 +243,4 @@ t.test('s3: without keys in the config the standard AWS chain supplies them (env
   })
   t.equal(await tryInit(), 'ok', 'web identity (IRSA)')
   t.ok(sts.some((b) => b.includes('AssumeRoleWithWebIdentity') && b.includes('projected-service-account-token') && b.includes('role%2Fstevedore')), 'after exchanging the token with STS for the role')
-})
-
-t.test('s3: the part buffer starts small and grows to the part size', async (t) => {
-  const proxy = await startS3Proxy(t, s3.endpoint)
-  const store = await openStore(t, s3.config({ prefix: 'grow/', endpoint: proxy.endpoint }), { partSize: 1024 * 1024 })
-  for (const size of [1, 300_000, 1024 * 1024, 2.5 * 1024 * 1024]) {
-    const blob = testBlob(size)
-    const parts = proxy.count('PUT', 'x-id=UploadPart')
-    await putBlob(store, blob, 77_777)
-    t.equal(proxy.count('PUT', 'x-id=UploadPart') - parts, size > 1024 * 1024 ? 3 : 0, `${size} bytes: ${size > 1024 * 1024 ? 'three parts' : 'one PutObject'}`)
-    t.ok((await readAll(await store.read(blob.digest))).equals(blob.bytes), `${size} bytes read back intact`)
-  }
 })

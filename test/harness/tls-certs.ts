@@ -23,14 +23,14 @@ export async function makeCa(dir: string, name: string): Promise<CertificateAuth
   return { certPath, keyPath }
 }
 
-/** A certificate for 127.0.0.1 (IP SAN) signed by ca, written as dir/tls.crt and dir/tls.key. */
-export async function makeServerCert(dir: string, ca: CertificateAuthority): Promise<ServerCertificate> {
+/** A certificate for 127.0.0.1 (IP SAN; or `subjectAltName`, e.g. 'DNS:stevedore.stevedore.svc') signed by ca, written as dir/tls.crt and dir/tls.key. */
+export async function makeServerCert(dir: string, ca: CertificateAuthority, subjectAltName = 'IP:127.0.0.1'): Promise<ServerCertificate> {
   await mkdir(dir, { recursive: true })
   const keyPath = join(dir, 'tls.key')
   const csrPath = join(dir, 'tls.csr')
   const certPath = join(dir, 'tls.crt')
   const extPath = join(dir, 'ext.cnf')
-  await writeFile(extPath, 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n')
+  await writeFile(extPath, `subjectAltName=${subjectAltName}\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n`)
   await runOk('openssl', ['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-subj', '/CN=stevedore', '-keyout', keyPath, '-out', csrPath], { timeoutMs: 30_000 })
   await runOk('openssl', ['x509', '-req', '-in', csrPath, '-CA', ca.certPath, '-CAkey', ca.keyPath, '-CAcreateserial', '-days', '2', '-extfile', extPath, '-out', certPath], { timeoutMs: 30_000 })
   return { certPath, keyPath }

@@ -1,5 +1,7 @@
 // The BlobStore contract as tests: every backend runs this same suite
-// (test/unit/filesystem-store.test.ts, test/e2e/s3-store.test.ts).
+// (test/unit/filesystem-store.test.ts, test/e2e/s3-store.test.ts). Writers
+// are created with the digest they will commit, as the cache fill does: S3
+// needs it (it uploads to the digest's key), the filesystem ignores it.
 import { createHash, randomBytes } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import type { Readable } from 'node:stream'
@@ -39,7 +41,7 @@ export async function writeAll(writer: BlobWriter, bytes: Buffer, chunk = 65_521
 }
 
 export async function putBlob(store: BlobStore, blob: TestBlob, chunk?: number): Promise<void> {
-  const writer = await store.createWriter(blob.digest.startsWith('sha512:') ? 'sha512' : 'sha256')
+  const writer = await store.createWriter(blob.digest.startsWith('sha512:') ? 'sha512' : 'sha256', blob.digest)
   try {
     await writeAll(writer, blob.bytes, chunk)
     await writer.commit(blob.digest, blob.bytes.byteLength)
@@ -83,7 +85,7 @@ export async function runConformance(t: Test, name: string, makeStore: MakeStore
     const large = testBlob(300_001)
     const empty = testBlob(0)
     for (const blob of [small, large, empty]) {
-      const writer = await store.createWriter('sha256')
+      const writer = await store.createWriter('sha256', blob.digest)
       await writeAll(writer, blob.bytes)
       t.equal(writer.written, blob.bytes.byteLength, `written counts ${blob.bytes.byteLength} bytes`)
       if (writer.localPath !== undefined) t.same(await readFile(writer.localPath), blob.bytes, 'localPath holds the bytes written so far')
@@ -112,7 +114,7 @@ export async function runConformance(t: Test, name: string, makeStore: MakeStore
   await t.test(`${name}: writev appends several chunks in order, mixed with write`, async (t) => {
     const { store } = await makeStore(t)
     const blob = testBlob(700_003)
-    const writer = await store.createWriter('sha256')
+    const writer = await store.createWriter('sha256', blob.digest)
     const cuts = [0, 1, 65_536, 65_537, 300_000, 300_000, 512_000, 700_003]
     const pieces = cuts.slice(1).map((end, i) => blob.bytes.subarray(cuts[i], end))
     await writer.write(pieces[0] as Buffer)
@@ -151,7 +153,7 @@ export async function runConformance(t: Test, name: string, makeStore: MakeStore
     const { store } = subject
     for (const size of [1000, 300_001]) {
       const blob = testBlob(size)
-      const writer = await store.createWriter('sha256')
+      const writer = await store.createWriter('sha256', blob.digest)
       await writeAll(writer, blob.bytes)
       const localPath = writer.localPath
       await writer.cancel()
@@ -170,7 +172,7 @@ export async function runConformance(t: Test, name: string, makeStore: MakeStore
     const subject = await makeStore(t)
     const { store } = subject
     const blob = testBlob(300_001)
-    const writer = await store.createWriter('sha256')
+    const writer = await store.createWriter('sha256', blob.digest)
     await writeAll(writer, blob.bytes)
     t.equal(await store.stat(blob.digest), undefined, 'not visible while uncommitted')
     t.same(await collect(store.list()), [], 'not listed')
@@ -189,7 +191,8 @@ export async function runConformance(t: Test, name: string, makeStore: MakeStore
     for (const size of [1000, 300_001]) {
       const blob = testBlob(size)
       const other = testBlob(size)
-      const w1 = await store.createWriter('sha256')
+      // As a fill whose upstream sends other bytes than the digest asked for.
+      const w1 = await store.createWriter('sha256', other.digest)
       await writeAll(w1, blob.bytes)
       const e1 = await w1.commit(other.digest, size).then(() => undefined, (err: unknown) => err)
       t.type(e1, DigestMismatchError, 'wrong digest: DigestMismatchError')
@@ -201,12 +204,12 @@ export async function runConformance(t: Test, name: string, makeStore: MakeStore
       t.equal(await store.stat(blob.digest), undefined, 'nothing under the actual digest')
       await t.resolves(w1.cancel(), 'cancel after a failed commit is fine')
 
-      const w2 = await store.createWriter('sha256')
+      const w2 = await store.createWriter('sha256', blob.digest)
       await writeAll(w2, blob.bytes)
       await t.rejects(w2.commit(blob.digest, size + 1), DigestMismatchError, 'right digest, wrong size: DigestMismatchError')
       t.equal(await store.stat(blob.digest), undefined, 'nothing visible')
 
-      const w3 = await store.createWriter('sha256')
+      const w3 = await store.createWriter('sha256', blob.digest)
       await writeAll(w3, blob.bytes.subarray(0, size - 1))
       await t.rejects(w3.commit(blob.digest, size), DigestMismatchError, 'a short write: DigestMismatchError')
       t.equal(await store.stat(blob.digest), undefined, 'nothing visible')
@@ -220,14 +223,14 @@ export async function runConformance(t: Test, name: string, makeStore: MakeStore
     const { store } = subject
     for (const size of [1000, 300_001]) {
       const blob = testBlob(size)
-      const writers = await Promise.all([1, 2, 3].map(() => store.createWriter('sha256')))
+      const writers = await Promise.all([1, 2, 3].map(() => store.createWriter('sha256', blob.digest)))
       // Interleave the writes so every writer is mid-blob at once.
       const step = 40_000
       for (let i = 0; i < size; i += step) {
         await Promise.all(writers.map((w) => w.write(blob.bytes.subarray(i, i + step))))
       }
       // One more writer with corrupt bytes for the same digest, committing at the same time.
-      const bad = await store.createWriter('sha256')
+      const bad = await store.createWriter('sha256', blob.digest)
       const corrupt = Buffer.from(blob.bytes)
       corrupt[size >> 1] = (corrupt[size >> 1] ?? 0) ^ 0xff
       await writeAll(bad, corrupt)

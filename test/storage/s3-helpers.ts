@@ -10,6 +10,7 @@ import { pino, type Logger } from 'pino'
 import S3rver from 's3rver'
 import type { Test } from 'tap'
 import type { S3StorageConfig } from '../../src/config/schema.js'
+import { S3BlobStore, type S3BlobStoreOptions } from '../../src/storage/s3-store.js'
 import { freePort, tempDir } from '../harness/tools.js'
 
 export const S3_KEY = 'S3RVER'
@@ -228,5 +229,19 @@ export function s3StorageDocument(server: S3Server, overrides: Partial<S3Storage
     secretAccessKey: c.secretAccessKey,
     spoolDir: c.spoolDir,
     ...(c.publicEndpoint !== undefined ? { publicEndpoint: c.publicEndpoint } : {}),
+  }
+}
+
+/**
+ * Opens initialised stores with small parts (s3rver takes parts of any size,
+ * so multipart paths run on small blobs), quiet, closed at teardown.
+ */
+export function openS3Store(partSize: number): (t: Test, config: S3StorageConfig, options?: Partial<S3BlobStoreOptions>) => Promise<S3BlobStore> {
+  const quiet = pino({ level: 'silent' })
+  return async (t, config, options = {}) => {
+    const store = new S3BlobStore(config, { log: quiet, partSize, ...options })
+    t.teardown(() => store.destroy())
+    await store.init()
+    return store
   }
 }

@@ -14,7 +14,7 @@ const upstreams = { 'docker.io': { url: 'https://registry-1.docker.io' } }
 /** validateConfig's answer, or the ConfigError it threw; anything else thrown fails the property. */
 function attempt(doc: unknown): Config | ConfigError {
   try {
-    return validateConfig(doc, { env: { TOKEN: 'x' }, readSecret: () => '-----BEGIN CERTIFICATE-----\nsecret\n' })
+    return validateConfig(doc, { env: { TOKEN: 'x', POD_IP: '10.0.3.7' }, readSecret: () => '-----BEGIN CERTIFICATE-----\nsecret\n' })
   } catch (err) {
     if (err instanceof ConfigError) return err
     throw err
@@ -142,6 +142,14 @@ const documentArb = fc.oneof(
         fills: some([4, 32], 0), fillsReservedForPulls: some([0, 3], 32), fillQueue: some([0, 256], -1), responses: some([1, 1024]), responseQueue: some([0, 10]),
         queueTimeout: duration, sendBuffers: some(['1MiB', '128MiB'], '1KiB', '17GiB'), connections: some([1, 4096]), idleTimeout: duration, writeTimeout: duration,
       }, optional)),
+      cluster: maybe(fc.record({
+        self: some(['http://10.0.3.7:5000', 'http://[fd00::7]:5000'], 'ftp://x', 'http://x/p'),
+        peers: maybe(fc.array(some(['http://10.0.3.8:5000', 'http://[fd00::8]:5000/'], 'https://10.0.3.9:5000', 'http://u:p@x'), { minLength: 1, maxLength: 3 }), []),
+        discovery: some(['dns:peers.stevedore.svc:5000'], 'dns:peers', 'peers:5000', 'dns:p:99999'),
+        secretFile: some(['/s']),
+        healthInterval: duration, connectTimeout: some(['1s', '250ms'], '2m'), discoveryInterval: duration,
+        tls: maybe(fc.record({ ca: some(['/ca.pem']), serverName: some(['stevedore.svc']) }, optional)),
+      }, { requiredKeys: ['secretFile'] })),
       log: maybe(fc.record({ level: some(['info', 'debug'], 'loud') }, optional)),
     }, { requiredKeys: ['upstreams'] }),
   },
@@ -160,6 +168,15 @@ t.test('whole documents: a Config within bounds or one ConfigError line, never a
     accepted++
     const timers = [r.timeouts.connectMs, r.timeouts.readMs, r.timeouts.shutdownMs, r.limits.queueTimeoutMs, r.limits.idleTimeoutMs, r.limits.writeTimeoutMs]
     if (r.timeouts.fillMs !== undefined) timers.push(r.timeouts.fillMs)
+    const c = r.cluster
+    if (c !== undefined) {
+      timers.push(c.healthIntervalMs, c.connectTimeoutMs, c.discoveryIntervalMs)
+      const origins = [c.self, ...(c.peers ?? [])]
+      // Exactly one way to find peers; every origin bare and of self's scheme.
+      if ((c.peers === undefined) === (c.discovery === undefined)) return false
+      if (!origins.every((o) => new URL(o).origin === o && o.startsWith(c.self.startsWith('https:') ? 'https:' : 'http:'))) return false
+      if (c.secret.byteLength < 16) return false
+    }
     return timers.every((ms) => Number.isSafeInteger(ms) && ms > 0 && ms <= MAX_TIMER_MS) &&
       r.upstreams.size > 0 && r.cache.maxStaleMs >= r.cache.tagTtlMs &&
       (r.defaultUpstream === undefined || r.upstreams.has(r.defaultUpstream))
@@ -170,7 +187,7 @@ t.test('whole documents: a Config within bounds or one ConfigError line, never a
 
 t.test('anything at all: fast-check values of every kind', async (t) => {
   fc.assert(fc.property(fc.anything({ withNullPrototype: true, withObjectString: true, withBoxedValues: true }), fc.anything(), (doc, part) => {
-    for (const d of [doc, { upstreams, timeouts: part }, { upstreams: { 'docker.io': part } }, { upstreams, storage: { s3: part } }]) {
+    for (const d of [doc, { upstreams, timeouts: part }, { upstreams: { 'docker.io': part } }, { upstreams, storage: { s3: part } }, { upstreams, cluster: part }]) {
       const r = attempt(d)
       if (r instanceof ConfigError && !oneLine(r)) return false
     }

@@ -1,8 +1,9 @@
 import type { Test } from 'tap'
-import { mkdtempSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
+import { parse as parseYaml } from 'yaml'
 import { loadConfig } from '../../src/config/load.js'
 import { ConfigError, DEFAULT_LIMITS, validateConfig } from '../../src/config/schema.js'
 import { parseDuration, parseSize } from '../../src/config/units.js'
@@ -235,4 +236,127 @@ t.test('STEVEDORE_INSIGHTS_INSTANCE names the history of this replica, checked l
   t.equal(loadConfig({ env: { STEVEDORE_INSIGHTS_INSTANCE: 'stevedore-7f9c-abcde' } }).insights.instance, 'stevedore-7f9c-abcde')
   t.equal(loadConfig({ env: {} }).insights.instance, undefined, 'unset: the default')
   t.throws(() => loadConfig({ env: { STEVEDORE_INSIGHTS_INSTANCE: '../x' } }), /insights\.instance/, 'not a path')
+})
+
+t.test('cluster: absent is no cluster', async (t) => {
+  t.equal(validateConfig(minimal, {}).cluster, undefined)
+  t.equal(validateConfig({ ...minimal, cluster: null }, {}).cluster, undefined, 'an empty YAML key is as if absent')
+  t.equal(loadConfig({ env: {} }).cluster, undefined, 'the embedded default')
+})
+
+t.test('cluster: static peers, self, secret and defaults', async (t) => {
+  const files: Record<string, string> = { '/etc/stevedore/peer-secret': '0123456789abcdef0123456789abcdef\n', '/ca.pem': '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n' }
+  const readSecret = (path: string): string => {
+    const text = files[path]
+    if (text === undefined) throw Object.assign(new Error('nope'), { code: 'ENOENT' })
+    return text
+  }
+  const c = validateConfig({
+    ...minimal,
+    listen: '0.0.0.0:5000',
+    cluster: { peers: ['http://10.0.3.7:5000', 'http://10.0.3.8:5000/', 'http://10.0.3.8:5000'], secretFile: '/etc/stevedore/peer-secret' },
+  }, { env: { POD_IP: '10.0.3.7' }, readSecret }).cluster
+  t.equal(c?.self, 'http://10.0.3.7:5000', 'self from POD_IP and the listen port')
+  t.same(c?.peers, ['http://10.0.3.7:5000', 'http://10.0.3.8:5000'], 'normalised origins, no trailing slash, each once')
+  t.equal(c?.discovery, undefined)
+  t.ok(c?.secret.equals(Buffer.from('0123456789abcdef0123456789abcdef')), 'secret read, trailing newline trimmed')
+  t.equal(c?.healthIntervalMs, 2000)
+  t.equal(c?.connectTimeoutMs, 1000)
+  t.equal(c?.discoveryIntervalMs, 5000)
+  t.equal(c?.tls, undefined)
+
+  const explicit = validateConfig({
+    ...minimal,
+    cluster: {
+      self: 'https://10.0.3.9:5443/', peers: ['https://10.0.3.8:5443'], secretFile: '/etc/stevedore/peer-secret',
+      healthInterval: '500ms', connectTimeout: '250ms', discoveryInterval: '1m', tls: { ca: '/ca.pem', serverName: 'stevedore.stevedore.svc' },
+    },
+  }, { env: {}, readSecret }).cluster
+  t.equal(explicit?.self, 'https://10.0.3.9:5443', 'self as written, normalised; POD_IP not needed')
+  t.same([explicit?.healthIntervalMs, explicit?.connectTimeoutMs, explicit?.discoveryIntervalMs], [500, 250, 60_000])
+  t.same(explicit?.tls, { ca: files['/ca.pem'], serverName: 'stevedore.stevedore.svc' }, 'the CA bundle is read at validation')
+
+  const tls = { cert: '/tls.crt', key: '/tls.key' }
+  t.equal(validateConfig({ ...minimal, listen: '[::]:5443', tls, cluster: { peers: ['https://[fd00::8]:5443'], secretFile: '/etc/stevedore/peer-secret' } },
+    { env: { POD_IP: 'fd00:0::7' }, readSecret }).cluster?.self, 'https://[fd00::7]:5443', 'https with a TLS listener; IPv6 POD_IP bracketed and compressed')
+})
+
+t.test('cluster: DNS discovery', async (t) => {
+  const readSecret = (): string => 'a-secret-of-twenty-bytes'
+  const c = validateConfig({ ...minimal, listen: ':5000', cluster: { discovery: 'dns:Stevedore-Peers.stevedore.svc.cluster.local:5000', secretFile: '/s' } },
+    { env: { POD_IP: '10.0.3.7' }, readSecret }).cluster
+  t.same(c?.discovery, { host: 'stevedore-peers.stevedore.svc.cluster.local', port: 5000, scheme: 'http' })
+  t.equal(c?.peers, undefined)
+  const https = validateConfig({ ...minimal, cluster: { self: 'https://10.0.3.7:5443', discovery: 'dns:peers.svc:5443', secretFile: '/s' } }, { env: {}, readSecret }).cluster
+  t.equal(https?.discovery?.scheme, 'https', "the scheme is self's")
+})
+
+t.test('cluster: invalid settings name the key', async (t) => {
+  const withSecret = (doc: unknown, env: NodeJS.ProcessEnv = { POD_IP: '10.0.3.7' }, secret = 'sixteen-bytes-ok'): void => {
+    validateConfig(doc, { env, readSecret: () => secret })
+  }
+  const rejectsWith = (doc: unknown, key: string, problem: RegExp, env?: NodeJS.ProcessEnv, secret?: string): void => {
+    try {
+      withSecret(doc, env, secret)
+      t.fail(`${key}: should be rejected`)
+    } catch (err) {
+      t.ok(err instanceof ConfigError, `${key}: a ConfigError`)
+      t.equal((err as ConfigError).key, key, `${key}: names the key (${(err as Error).message})`)
+      t.match((err as Error).message, problem, `${key}: says the problem`)
+      t.notMatch((err as Error).message, /\n/, `${key}: one line`)
+    }
+  }
+  const cluster = (c: Record<string, unknown>): unknown => ({ ...minimal, cluster: { secretFile: '/s', ...c } })
+  rejectsWith(cluster({ peers: ['http://a:1'], discovery: 'dns:peers.svc:5000' }), 'cluster', /^config: cluster: set peers or discovery, not both$/)
+  rejectsWith(cluster({}), 'cluster', /set peers .* or discovery/)
+  rejectsWith({ ...minimal, cluster: 'yes' }, 'cluster', /must be a mapping/)
+  rejectsWith(cluster({ discovery: 'peers.svc:5000' }), 'cluster.discovery', /dns:HOST:PORT/)
+  rejectsWith(cluster({ discovery: 'dns:peers.svc' }), 'cluster.discovery', /dns:HOST:PORT/)
+  rejectsWith(cluster({ discovery: 'dns:peers.svc:0' }), 'cluster.discovery', /dns:HOST:PORT/)
+  rejectsWith(cluster({ discovery: 'dns:peers.svc:65536' }), 'cluster.discovery', /dns:HOST:PORT/)
+  rejectsWith(cluster({ discovery: 'dns:http://peers.svc:5000' }), 'cluster.discovery', /dns:HOST:PORT/)
+  rejectsWith(cluster({ peers: [] }), 'cluster.peers', /non-empty list/)
+  rejectsWith(cluster({ peers: ['http://10.0.3.8:5000', 'http://10.0.3.9:5000/x'] }), 'cluster.peers[1]', /bare origin/)
+  rejectsWith(cluster({ peers: ['http://10.0.3.8:5000?q=1'] }), 'cluster.peers[0]', /bare origin/)
+  rejectsWith(cluster({ peers: ['http://u:p@10.0.3.8:5000'] }), 'cluster.peers[0]', /bare origin/)
+  rejectsWith(cluster({ peers: ['ftp://10.0.3.8:5000'] }), 'cluster.peers[0]', /http/)
+  rejectsWith(cluster({ peers: ['http://10.0.3.8:5000', 'https://10.0.3.9:5000'] }), 'cluster.peers[1]', /must use http:\/\/ like cluster.self/)
+  rejectsWith(cluster({ self: 'http://10.0.3.7:5000/path', peers: ['http://a:1'] }), 'cluster.self', /bare origin/)
+  rejectsWith(cluster({ peers: ['http://a:1'] }), 'cluster.self', /^config: cluster.self: not set and POD_IP is not in the environment$/, {})
+  rejectsWith(cluster({ peers: ['http://a:1'] }), 'cluster.self', /POD_IP is not in the environment/, { POD_IP: '' })
+  rejectsWith(cluster({ peers: ['http://a:1'] }), 'cluster.self', /POD_IP is not an IP address/, { POD_IP: 'pod-7' })
+  rejectsWith({ ...minimal, cluster: { peers: ['http://a:1'] } }, 'cluster.secretFile', /is required/)
+  rejectsWith(cluster({ peers: ['http://a:1'] }), 'cluster.secretFile', /at least 16 bytes \(has 15\)/, undefined, 'fifteen-bytes!!\n')
+  rejectsWith(cluster({ peers: ['http://a:1'], tls: { ca: '/ca.pem' } }), 'cluster.tls.ca', /not a PEM/)
+  rejectsWith(cluster({ peers: ['http://a:1'], tls: { bogus: 1 } }), 'cluster.tls.bogus', /not a known key/)
+  rejectsWith(cluster({ peers: ['http://a:1'], healthInterval: '0s' }), 'cluster.healthInterval', /at least/)
+  rejectsWith(cluster({ peers: ['http://a:1'], connectTimeout: '5m' }), 'cluster.connectTimeout', /at most/)
+  rejectsWith(cluster({ peers: ['http://a:1'], discoveryInterval: 'soon' }), 'cluster.discoveryInterval', /duration/)
+  rejectsWith(cluster({ peers: ['http://a:1'], bogus: 1 }), 'cluster.bogus', /not a known key/)
+  rejects(t, cluster({ peers: ['http://a:1'] }), 'cluster.secretFile', /cannot be read \(ENOENT\)/, { POD_IP: '10.0.3.7' })
+})
+
+t.test('cluster: the secret never appears in config errors', async (t) => {
+  try {
+    validateConfig({ ...minimal, cluster: { peers: ['http://a:1'], secretFile: '/s' } }, { env: { POD_IP: '10.0.3.7' }, readSecret: () => 'hunter2' })
+    t.fail('should throw')
+  } catch (err) {
+    t.match((err as Error).message, /at least 16 bytes/)
+    t.notMatch((err as Error).message, /hunter2/)
+  }
+})
+
+t.test('cluster: the commented example in the package file is valid once uncommented', async (t) => {
+  const text = readFileSync(new URL('../../config/stevedore.example.yaml', import.meta.url), 'utf8')
+  const start = text.indexOf('# cluster:\n')
+  t.ok(start > 0, 'the example has a cluster block')
+  const block = text.slice(start).split('\n').filter((l, i) => i === 0 || l.startsWith('#   ')).join('\n').split('\n').map((l) => l.slice(2))
+  const cluster = (parseYaml(block.join('\n')) as { cluster: Record<string, unknown> }).cluster
+  t.ok(cluster['peers'] !== undefined && cluster['discovery'] !== undefined, 'it shows both forms')
+  const read = (): string => '-----BEGIN CERTIFICATE-----\n0123456789abcdef\n'
+  const { discovery, ...withPeers } = cluster
+  const c = validateConfig({ ...minimal, cluster: withPeers }, { env: {}, readSecret: read }).cluster
+  t.same(c?.peers, ['http://10.0.3.7:5000', 'http://10.0.3.8:5000'])
+  const { peers: _, ...withDiscovery } = cluster
+  t.equal(validateConfig({ ...minimal, cluster: withDiscovery }, { env: {}, readSecret: read }).cluster?.discovery?.port, 5000, `${String(discovery)} parses`)
 })
