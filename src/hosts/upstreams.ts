@@ -15,13 +15,18 @@ const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'obj
  * STEVEDORE_CONFIG, else the embedded default) and checked by the same rules
  * as `stevedore serve`. Only `upstreams.*.url` is read: the node agent that runs
  * `stevedore hosts` has no business with the mirror's secrets (passwordEnv,
- * passwordFile) or storage settings, so their absence is no error here.
+ * passwordFile), storage settings or cluster section (no POD_IP, no peer
+ * secret on a node), so their absence is no error here.
  */
 export async function loadUpstreamTargets(file: string | undefined, env: NodeJS.ProcessEnv = process.env): Promise<UpstreamTarget[]> {
-  const raw = readConfigDocument(file, env)
+  return upstreamTargetsOf(readConfigDocument(file, env), env)
+}
+
+/** The upstreams of a parsed config document, by the rules of loadUpstreamTargets. */
+export function upstreamTargetsOf(raw: unknown, env: NodeJS.ProcessEnv = process.env): UpstreamTarget[] {
   if (!isObject(raw)) throw new ConfigError('(root)', 'the config file must be a YAML mapping')
   const upstreams = raw['upstreams']
-  // Keep only what routing needs, so that validation cannot trip over secrets this process does not have.
+  // Keep only what routing needs, so that validation cannot trip over secrets or a cluster section this process does not have.
   const reduced = isObject(upstreams)
     ? Object.fromEntries(Object.entries(upstreams).map(([name, doc]) => [name, isObject(doc) ? { url: doc['url'] } : doc]))
     : upstreams

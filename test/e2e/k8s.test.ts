@@ -19,9 +19,10 @@ import type { IServiceAccount } from 'kubernetes-models/v1/ServiceAccount'
 import t, { type Test } from 'tap'
 import { parse as parseYaml, stringify as stringifyYaml } from 'yaml'
 import { apiServerRules, validateStrictly } from '../harness/k8s-schemas.js'
-import { all, allContainers, configOf, envOf, expandArgs, flagValue, id, K8S, kubectlReady, kustomizations, kustomize, matches, one, podSpec, withComponents, type Container, type K8sObject } from '../harness/kustomize.js'
+import { all, allContainers, configOf, configTextOf, containerEnv, envOf, expandArgs, flagValue, id, K8S, kubectlReady, kustomizations, kustomize, matches, one, podSpec, withComponents, type Container, type K8sObject } from '../harness/kustomize.js'
 import { REPO_ROOT, startMirror } from '../harness/mirror.js'
 import { run, tempDir } from '../harness/tools.js'
+import { upstreamTargetsOf } from '../../src/hosts/upstreams.js'
 
 // ------------------------------------------------------------ checks shared by base and overlays
 
@@ -101,9 +102,10 @@ function checkNodeAgent(t: Test, objs: K8sObject[]): { ds: IDaemonSet; service: 
 
   // The node agent reads the mirror's upstreams: same upstreams as the mirror it points at.
   const mirror = one<IDeployment>(objs, 'Deployment', 'stevedore')
-  const agentConfig = configOf(objs, ds, main).config
+  // Read as `stevedore hosts` reads it: only the upstreams, with the agent's own environment (no POD_IP, no peer secret).
+  const agentTargets = upstreamTargetsOf(parseYaml(configTextOf(objs, ds, main).text), containerEnv(main))
   const mirrorConfig = configOf(objs, mirror, podSpec(mirror).containers[0] as Container).config
-  t.same([...agentConfig.upstreams.keys()], [...mirrorConfig.upstreams.keys()], 'the node agent writes a file for each of the mirror\'s upstreams')
+  t.same(agentTargets.map((u) => u.name), [...mirrorConfig.upstreams.keys()], 'the node agent writes a file for each of the mirror\'s upstreams')
 
   const ns = one<INamespace>(objs, 'Namespace', ds.metadata?.namespace ?? '')
   t.equal(ns.metadata?.labels?.['pod-security.kubernetes.io/enforce'], 'privileged', 'its namespace allows hostPath: Pod Security "privileged"')

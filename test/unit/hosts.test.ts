@@ -333,3 +333,20 @@ t.test('--auth-file and --ca: the header and the CA for the mirror only; credent
   t.equal(removed.code, 0, removed.err)
   t.same(await readdir(dir), [], 'hosts.toml, the CA copy and the folder are gone')
 })
+
+t.test("the mirror's cluster section is no error on a node: no POD_IP, no peer secret there", async (t) => {
+  const work = await temp(t, 'cluster')
+  const config = join(work, 'c.yaml')
+  const dir = join(work, 'certs.d')
+  await writeFile(config, [
+    'upstreams:',
+    '  ghcr.io: {url: "https://ghcr.io"}',
+    'cluster:',
+    '  discovery: dns:stevedore-peers.stevedore.svc.cluster.local:5000',
+    `  secretFile: ${join(work, 'absent-secret')}`,
+    '',
+  ].join('\n'))
+  const r = await hosts(['--mirror', MIRROR, '--dir', dir, '--config', config], { env: {} })
+  t.equal(r.code, 0, r.err)
+  t.same(await readdir(dir), ['ghcr.io'], 'the upstream still gets its hosts.toml')
+})
