@@ -93,8 +93,8 @@ export class BlobFill {
   error: Error | undefined
   readonly upstream: string
   readonly registry: string
-  /** True when the bytes come through the replica that owns the digest. */
-  readonly forwarded: boolean
+  /** True while the bytes come through the replica that owns the digest; false once the upstream serves them instead. */
+  forwarded: boolean
   /** Resolves when the upstream answered 200 (size known), rejects when it did not. */
   readonly ready: Promise<void>
   /** Resolves when the fill has ended, either way; never rejects. */

@@ -74,7 +74,13 @@ export interface FillRoute {
   /** Whether this replica stores the bytes too (its own disk), or only serves them (the shared bucket its owner writes). */
   readonly keep: boolean
   /** As downloadBlob: the whole blob as one stream, from the owner or, should it fail, from the upstream. */
-  open(signal: AbortSignal): Promise<UpstreamBlob>
+  open(signal: AbortSignal): Promise<RoutedBlob>
+}
+
+export interface RoutedBlob {
+  readonly blob: UpstreamBlob
+  /** False when the owner did not serve it and the upstream does: then nobody else writes it, so this replica must. */
+  readonly fromOwner: boolean
 }
 
 export interface BlobServiceOptions {
@@ -257,17 +263,36 @@ export class BlobService {
     const { events = {}, fillSlots } = this.options
     const unpin = this.options.pin?.(target.digest)
     const route = direct ? undefined : this.options.router?.route(target)
-    // Not kept here: the bytes are still hashed, so clients are cut on a mismatch, but the owner alone writes the object.
-    const store = route === undefined || route.keep ? this.store : verifyOnly
-    const fill = new BlobFill(target.digest, store, {
+    // Settled once the route opened (the writer is asked for only after that): an asker on a shared bucket keeps
+    // nothing while its owner serves the bytes, as the owner alone writes the object; when the upstream serves
+    // them instead (owner down, refusing, failing), nobody else writes it, so this replica does.
+    let keep = route === undefined || route.keep
+    // Not kept here: the bytes are still hashed, so clients are cut on a mismatch.
+    const store: Pick<BlobStore, 'createWriter'> = {
+      createWriter: (algorithm, digest) => (keep ? this.store : verifyOnly).createWriter(algorithm, digest),
+    }
+    const fill: BlobFill = new BlobFill(target.digest, store, {
       upstream: target.client.name,
       registry: target.client.origin,
       ...(route !== undefined ? { via: route.via } : {}),
-      open: route !== undefined ? (signal) => route.open(signal) : (signal) => downloadBlob(target.client, target.repository, target.digest, signal),
+      open: route !== undefined
+        ? async (signal) => {
+            const { blob, fromOwner } = await route.open(signal)
+            if (!fromOwner) {
+              keep = true
+              // From the upstream now: a peer asking us may join it rather than be sent away.
+              fill.forwarded = false
+            }
+            return blob
+          }
+        : (signal) => downloadBlob(target.client, target.repository, target.digest, signal),
     }, {
       spoolDir: this.options.spoolDir,
       log: this.options.log,
-      acquireSlot: (signal) => fillSlots.acquire(slotClass, signal),
+      // A forwarded fill takes no slot: it waits on the owner, whose own fill takes one there. Were both to take
+      // one, replicas with their slots full of fills forwarded to each other would wait on each other until
+      // queueTimeout. It stays bounded by the clients' requests (limits.connections) that hold it.
+      acquireSlot: route !== undefined ? async () => () => undefined : (signal) => fillSlots.acquire(slotClass, signal),
       ...(this.options.maxFillMs !== undefined ? { maxDurationMs: this.options.maxFillMs } : {}),
       events: {
         ...events,
@@ -279,7 +304,7 @@ export class BlobService {
         // Fetched through this registry: it holds the blob. Written before the fill ends, so a restart knows it.
         // An asker on a shared bucket keeps nothing: the owner records what it stored.
         onStored: async (f) => {
-          if (store === this.store) await this.options.scopes.record(f.registry, [f.digest])
+          if (keep) await this.options.scopes.record(f.registry, [f.digest])
         },
         onEnd: (f, failure) => {
           // Only now may a new request start another fill: the store has the blob, or nothing.

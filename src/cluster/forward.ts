@@ -1,10 +1,10 @@
 import type { Logger } from 'pino'
-import type { BlobTarget, FillRoute, FillRouter } from '../cache/blobs.js'
+import type { BlobTarget, FillRoute, FillRouter, RoutedBlob } from '../cache/blobs.js'
 import { ERROR_STATUS, RegistryError, type ErrorCode } from '../oci/errors.js'
 import { downloadBlob, type UpstreamBlob } from '../upstream/blob-download.js'
 import { chunkBatches } from '../upstream/chunk-batches.js'
 import { PEER_REFUSED_HEADER, peerBlobPath } from './paths.js'
-import type { PeerClient } from './peer-client.js'
+import { isPeerUnreachable, type PeerClient } from './peer-client.js'
 import { withUpstreamResume } from './resume.js'
 import { ownerOf } from './ring.js'
 
@@ -13,7 +13,9 @@ const BATCH = 4 * 1024 * 1024
 const MAX_ERROR_BODY = 16 * 1024
 
 // The owner asked the upstream and this is its answer: asking again from here would get the same one.
-const UPSTREAM_ANSWERS = new Set<ErrorCode>(['BLOB_UNKNOWN', 'DENIED', 'UNAUTHORIZED', 'TOOMANYREQUESTS'])
+// Not 429: registries limit per source address, and this replica may leave through another one.
+// Not UNAUTHORIZED: an upstream's 401 reaches us as DENIED, so this one is the owner's own client auth.
+const UPSTREAM_ANSWERS = new Set<ErrorCode>(['BLOB_UNKNOWN', 'DENIED'])
 
 /** Why a replica fetched a blob it does not own from the upstream itself. */
 export type FallbackReason = 'unreachable' | 'refused' | 'owner_error' | 'mid_stream'
@@ -58,19 +60,21 @@ export class PeerFillRouter implements FillRouter {
     return { via: owner, keep: this.options.keep, open: (signal) => this.open(owner, target, signal) }
   }
 
-  private async open(owner: string, target: BlobTarget, signal: AbortSignal): Promise<UpstreamBlob> {
+  private async open(owner: string, target: BlobTarget, signal: AbortSignal): Promise<RoutedBlob> {
     const { log, events } = this.options
-    const fromUpstream = (reason: FallbackReason, err?: unknown): Promise<UpstreamBlob> => {
+    const fromUpstream = async (reason: FallbackReason, err?: unknown): Promise<RoutedBlob> => {
       events?.onFallback?.(owner, reason)
       log.warn({ owner, digest: target.digest, reason, err }, 'owner replica did not serve the blob: fetching it from the upstream')
-      return downloadBlob(target.client, target.repository, target.digest, signal)
+      return { blob: await downloadBlob(target.client, target.repository, target.digest, signal), fromOwner: false }
     }
     let res: Awaited<ReturnType<PeerClient['request']>>
     try {
       res = await this.options.peers.request(owner, 'GET', peerBlobPath({ upstream: target.client.name, repository: target.repository, digest: target.digest }), { signal })
     } catch (err) {
       if (signal.aborted) throw err
-      this.options.members.markDown(owner)
+      // Only an owner we could not connect to leaves the ring: one slow to answer (its own upstream is slow) is alive, and
+      // dropping it would move its digests and make the replicas disagree. Its health check decides.
+      if (isPeerUnreachable(err)) this.options.members.markDown(owner)
       return fromUpstream('unreachable', err)
     }
     if (res.statusCode !== 200) {
@@ -101,11 +105,12 @@ export class PeerFillRouter implements FillRouter {
         if (!body.destroyed) body.destroy()
       },
     }
-    return withUpstreamResume(fromOwner, target, signal, (offset, err) => {
-      this.options.members.markDown(owner)
+    const blob = withUpstreamResume(fromOwner, target, signal, (offset, err) => {
+      if (isPeerUnreachable(err)) this.options.members.markDown(owner)
       events?.onFallback?.(owner, 'mid_stream')
       log.warn({ owner, digest: target.digest, offset, err }, 'owner replica failed mid-stream: resuming from the upstream')
     })
+    return { blob, fromOwner: true }
   }
 }
 

@@ -9,6 +9,7 @@ import { join } from 'node:path'
 import { GetObjectCommand, S3Client } from '@aws-sdk/client-s3'
 import t, { type Test } from 'tap'
 import { signPeerRequest } from '../../src/cluster/peer-auth.js'
+import { ownerOf } from '../../src/cluster/ring.js'
 import { PEER_REFUSED_HEADER, peerBlobPath } from '../../src/cluster/paths.js'
 import { fetchAll, fetchHashed } from '../harness/http.js'
 import { pushBlob, randomBytesFile } from '../harness/images.js'
@@ -185,4 +186,61 @@ t.test('per-replica disks: the asker keeps what it served', async (t) => {
   const second = await fetchHashed(`${asker?.url}/v2/own/disks/blobs/${u.digest}`)
   t.equal(second.digest, u.digest, 'a hit on its own disk with the owner and the upstream gone')
   await u.registry.start()
+})
+
+t.test('an owner gone before the asker notices: the upstream serves, and the asker stores the blob, as nobody else will', async (t) => {
+  if (!requireTools(t, 'docker-registry')) return
+  const u = await upstream(t, 'owner/gone', 4 * MB, 1024 * MB)
+  const s3 = await startS3(t)
+  const bucket = await sharedBucket(t, s3, 2)
+  // Health checks far apart: the asker learns the owner is gone from its own failed request, not from a probe.
+  // The owner starts first, so the asker's first probe (the only one in this test) finds it live;
+  // the owner keeps the short interval to see the asker come up.
+  const r = await startReplicas(t, { count: 2, config: (i) => ({ storage: bucket.storage(i), ...upstreamConfig(u) }), ownerFirst: u.digest, cluster: (i, urls) => (urls[i] === ownerOf(u.digest, urls) ? {} : { healthInterval: '60s' }) })
+  const owner = r.owner(u.digest)
+  const [asker] = r.askers(u.digest)
+  await owner.stop('SIGKILL')
+  const served = await fetchHashed(`${asker!.url}/v2/owner/gone/blobs/${u.digest}`)
+  t.equal(served.digest, u.digest, 'its client is served, from the upstream')
+  t.equal(await metricOf(asker!, 'stevedore_cluster_forwards_total', 'outcome="unreachable"'), 1, 'the owner could not be reached')
+  await waitFor(async () => (await metricOf(asker!, 'stevedore_blob_fills_in_progress')) === 0, 10_000, 'the asker\'s fill to end')
+  t.equal(await storedDigest(s3, u.digest), u.digest, 'the bucket holds the verified blob: fetched from the upstream, the asker wrote it')
+  t.equal(await metricOf(asker!, 'stevedore_cluster_members', 'state="live"'), 1, 'the owner left its ring on the refused connection')
+})
+
+t.test('fills forwarded both ways with every fill slot taken: no replica waits on another for a slot', async (t) => {
+  if (!requireTools(t, 'docker-registry')) return
+  const dir = await tempDir(t, 'stevedore-replicas-blobs')
+  const registry = await startRegistry(t)
+  const digests: string[] = []
+  for (let i = 0; i < 8; i++) {
+    const path = join(dir, `blob-${i}`)
+    const digest = await randomBytesFile(path, 2 * MB)
+    await pushBlob(registry, 'both/ways', path, digest)
+    digests.push(digest)
+  }
+  // Slow enough that both forwarded fills hold their replica's one slot while the owners' fills start.
+  const throttle = await startThrottle(t, { host: '127.0.0.1', port: registry.port }, 2 * MB)
+  const r = await startReplicas(t, {
+    count: 2,
+    config: () => ({ upstreams: { 'registry.test': { url: throttle.url } }, defaultUpstream: 'registry.test', limits: { fills: 1, fillsReservedForPulls: 0, queueTimeout: '30s' } }),
+  })
+  const [a, b] = r.mirrors as [typeof r.mirrors[0], typeof r.mirrors[0]]
+  const ofA = digests.find((d) => r.owner(d) === a)
+  const ofB = digests.find((d) => r.owner(d) === b)
+  if (ofA === undefined || ofB === undefined) throw new Error('eight random digests, all owned by one replica')
+  registry.resetRequests()
+  const started = Date.now()
+  // Each replica's client asks for the blob the other owns, at once.
+  const [one, two] = await Promise.all([fetchHashed(`${a.url}/v2/both/ways/blobs/${ofB}`), fetchHashed(`${b.url}/v2/both/ways/blobs/${ofA}`)])
+  const ms = Date.now() - started
+  t.equal(one.digest, ofB, 'the client of A got its blob')
+  t.equal(two.digest, ofA, 'the client of B got its blob')
+  for (const m of [a, b]) {
+    t.equal(await metricOf(m, 'stevedore_cluster_forwards_total', 'outcome="forwarded"'), 1, 'forwarded to the owner')
+    t.equal(await metricOf(m, 'stevedore_cluster_forwards_total', 'outcome="owner_error"'), 0, 'which answered, not a 503 after the queue timeout')
+  }
+  await registry.settle()
+  t.equal(registry.requests().filter((q) => q.method === 'GET' && q.path.includes('/blobs/')).length, 2, 'one upstream GET per blob')
+  t.ok(ms < 30_000, `both served before any queue timeout (${ms} ms)`)
 })

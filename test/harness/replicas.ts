@@ -23,7 +23,12 @@ export interface ReplicaOptions {
   /** The config of replica i, without `cluster` (added here). */
   readonly config: (i: number) => Record<string, unknown>
   /** Overrides of the cluster section (health interval, secretFile...) of replica i. */
-  readonly cluster?: (i: number) => Record<string, unknown>
+  readonly cluster?: (i: number, urls: readonly string[]) => Record<string, unknown>
+  /**
+   * Starts the owner of this digest, and waits for it to listen, before the others: their first
+   * health probe then finds it live, which a replica with a long health interval depends on.
+   */
+  readonly ownerFirst?: string
 }
 
 /** Number of a metric line (summed over its label sets when `labels` is omitted). */
@@ -47,13 +52,16 @@ export async function startReplicas(t: Test, options: ReplicaOptions): Promise<R
   const ports: number[] = []
   for (let i = 0; i < options.count; i++) ports.push(await freePort())
   const urls = ports.map((p) => `http://127.0.0.1:${p}`)
-  const mirrors = await Promise.all(ports.map((port, i) => startMirror(t, {
-    port,
+  const start = (i: number): Promise<Mirror> => startMirror(t, {
+    port: ports[i],
     config: {
       ...options.config(i),
-      cluster: { self: urls[i], peers: urls, secretFile, healthInterval: '250ms', connectTimeout: '1s', ...options.cluster?.(i) },
+      cluster: { self: urls[i], peers: urls, secretFile, healthInterval: '250ms', connectTimeout: '1s', ...options.cluster?.(i, urls) },
     },
-  })))
+  })
+  const first = options.ownerFirst === undefined ? -1 : urls.indexOf(ownerOf(options.ownerFirst, urls) as string)
+  const firstStarted = first < 0 ? undefined : await start(first)
+  const mirrors = await Promise.all(ports.map((_, i) => (i === first && firstStarted !== undefined ? firstStarted : start(i))))
   // Every replica sees every other live: only then do all agree on owners.
   await waitFor(async () => {
     for (const m of mirrors) if ((await metricOf(m, 'stevedore_cluster_members', 'state="live"')) !== options.count) return false
