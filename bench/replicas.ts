@@ -74,8 +74,8 @@ const median = (xs: number[]): number => {
 const f2 = (n: number): string => (Number.isFinite(n) ? n.toFixed(2) : '—')
 const fr = (n: number): string => (Number.isFinite(n) ? `${n.toFixed(2)}×` : '—')
 
-/** The base URLs of one row's systems, started in `scope` on fresh caches. */
-type Setup = (scope: Scope, round: number) => Promise<string[]>
+/** The base URLs of one row's systems, started in `scope` on fresh caches, and their warnings (Stevedore's). */
+type Setup = (scope: Scope, round: number) => Promise<{ urls: string[]; warnings(): string[] }>
 
 export async function replicas(d: ReplicasDeps): Promise<ReplicasResult> {
   const outer = new Scope()
@@ -105,7 +105,7 @@ export async function replicas(d: ReplicasDeps): Promise<ReplicasResult> {
         },
       })))
       if (cluster) await allLive(mirrors)
-      return urls
+      return { urls, warnings: () => mirrors.flatMap((m, i) => warningsOf(m).map((w) => `replica ${i}: ${w}`)) }
     }
     const distributions = (count: number): Setup => async (scope) => {
       const dataDir = await makeTemp('stevedore-bench-dist-shared')
@@ -113,7 +113,7 @@ export async function replicas(d: ReplicasDeps): Promise<ReplicasResult> {
       const urls: string[] = []
       // One after another: each panics at start-up if its remote is down, and they share one root.
       for (let i = 0; i < count; i++) urls.push((await startRegistry(scope.asTest(), { proxyRemoteUrl: d.pacer.url, dataDir })).url)
-      return urls
+      return { urls, warnings: () => [] }
     }
     const setups: Record<ReplicaRowKey, Setup> = {
       one: stevedores(1, false),
@@ -128,7 +128,7 @@ export async function replicas(d: ReplicasDeps): Promise<ReplicasResult> {
         if (key.startsWith('dist') && round > d.peerRounds) continue
         const scope = new Scope()
         try {
-          const urls = await setups[key](scope, round)
+          const { urls, warnings } = await setups[key](scope, round)
           d.pacer.reset()
           const res = await fanOut(urls.map((u) => d.blobPath(u)), d.clients, { hashClients: d.hashClients, maxTimeS: d.maxTimeS })
           const r = await settle(d, res)
@@ -136,6 +136,8 @@ export async function replicas(d: ReplicasDeps): Promise<ReplicasResult> {
             r.correct = false
             d.problem(`replicas ${key} round ${round}: ${b}`)
           }
+          // Why a client was cut is in the mirror's log, which goes with the scope.
+          if (!r.correct) for (const w of warnings().slice(0, 10)) d.problem(`replicas ${key} round ${round}: ${w}`)
           runs[key].push(r)
           d.progress(`replicas round ${round}: ${LABELS[key]}: ${res.wall.toFixed(2)} s, ${r.fullGets} full upstream GETs, ${(r.linkBytes / MB).toFixed(0)} MB over the link${r.correct ? '' : ', WRONG BYTES'}`)
         } finally {
@@ -147,6 +149,13 @@ export async function replicas(d: ReplicasDeps): Promise<ReplicasResult> {
   } finally {
     await outer.close()
   }
+}
+
+/** A mirror's warn and error lines, short. */
+function warningsOf(m: Mirror): string[] {
+  return m.logs()
+    .filter((l) => typeof l.level === 'number' && l.level >= 40)
+    .map((l) => JSON.stringify({ msg: l.msg, failure: l.failure, err: (l.err as { message?: unknown } | undefined)?.message, digest: l.digest }))
 }
 
 async function allLive(mirrors: Mirror[]): Promise<void> {
