@@ -20,13 +20,12 @@
 // is left under their roots) and removes their dirs. Upstream bytes are the
 // answer bodies that crossed the pacer during the row (the prefetched row:
 // the prefetch's and the rollout's).
-import { readFile } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { request } from 'undici'
 import type { Pacer } from './pacer.js'
 import { Scope } from './scope.js'
-import { cpuSeconds, pidsMentioning, startDistributionProxy, startStevedore, type DistributionProxy, type Stevedore } from './systems.js'
+import { cpuSeconds, machineBusySeconds, pidsMentioning, startDistributionProxy, startStevedore, type DistributionProxy, type Stevedore } from './systems.js'
 import { CriImageService } from '../src/prepull/cri-client.js'
 import { startContainerd, writeHostsToml, type Containerd } from '../test/harness/containerd.js'
 import { buildImage, pushImage, type BuiltImage } from '../test/harness/images.js'
@@ -388,10 +387,3 @@ async function measure(d: RolloutDeps, scope: Scope, K: number, layerSizes: numb
   }
 }
 
-/** busy CPU seconds of the whole machine so far (/proc/stat: everything but idle and iowait) */
-async function machineBusySeconds(): Promise<number> {
-  const line = (await readFile('/proc/stat', 'utf8')).split('\n', 1)[0] ?? ''
-  const f = line.trim().split(/\s+/).slice(1).map(Number)
-  const total = f.slice(0, 8).reduce((a, x) => a + x, 0)
-  return (total - (f[3] ?? 0) - (f[4] ?? 0)) / 100
-}

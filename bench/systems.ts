@@ -135,6 +135,50 @@ export async function cpuSeconds(pids: number[]): Promise<number> {
   }
   return ticks / CLOCK_TICKS
 }
+/** busy CPU seconds of the whole machine so far (/proc/stat: everything but idle and iowait) */
+export async function machineBusySeconds(): Promise<number> {
+  const line = (await readFile('/proc/stat', 'utf8')).split('\n', 1)[0] ?? ''
+  const f = line.trim().split(/\s+/).slice(1).map(Number)
+  const total = f.slice(0, 8).reduce((a, x) => a + x, 0)
+  return (total - (f[3] ?? 0) - (f[4] ?? 0)) / 100
+}
+
+/**
+ * user+system CPU seconds used so far by the threads of `pid`, summed by
+ * kind: the main thread (the event loop), libuv's thread pool (file reads and
+ * writes), V8's helpers (concurrent GC, compiler), by their names where the
+ * runtime names them.
+ */
+export async function threadCpuSeconds(pid: number): Promise<Map<string, number>> {
+  const out = new Map<string, number>()
+  let tids: string[]
+  try {
+    tids = await readdir(`/proc/${pid}/task`)
+  } catch {
+    return out
+  }
+  for (const tid of tids) {
+    try {
+      const stat = await readFile(`/proc/${pid}/task/${tid}/stat`, 'utf8')
+      const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'))
+      const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+      // node 20's libuv and V8 threads are all named "node": only the main thread (tid = pid) is told apart there
+      const kind = tid === String(pid) ? 'main thread' : name.startsWith('libuv-worker') ? 'thread pool' : name.startsWith('V8 ') ? 'V8 helpers' : 'other threads'
+      out.set(kind, (out.get(kind) ?? 0) + (Number(rest[11]) + Number(rest[12])) / CLOCK_TICKS)
+    } catch {
+      /* the thread ended */
+    }
+  }
+  return out
+}
+
+/** what each kind of thread used between two threadCpuSeconds readings */
+export function threadCpuDelta(before: Map<string, number>, after: Map<string, number>): Record<string, number> {
+  const out: Record<string, number> = {}
+  for (const [kind, s] of after) out[kind] = s - (before.get(kind) ?? 0)
+  return out
+}
+
 // USER_HZ: 100 on every Linux this runs on (sysconf(_SC_CLK_TCK))
 const CLOCK_TICKS = 100
 
