@@ -15,6 +15,7 @@ import { join } from 'node:path'
 import { checkFanOut, fanOut, type FanOutResult } from './clients.js'
 import type { Pacer } from './pacer.js'
 import { Scope } from './scope.js'
+import { median } from './table.js'
 import { startMirror, type Mirror } from '../test/harness/mirror.js'
 import { startRegistry } from '../test/harness/registry.js'
 import { metricOf } from '../test/harness/replicas.js'
@@ -65,12 +66,6 @@ export interface ReplicasResult {
   table: string[]
 }
 
-const median = (xs: number[]): number => {
-  const v = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b)
-  if (v.length === 0) return NaN
-  const mid = Math.floor(v.length / 2)
-  return v.length % 2 === 1 ? (v[mid] as number) : ((v[mid - 1] as number) + (v[mid] as number)) / 2
-}
 const f2 = (n: number): string => (Number.isFinite(n) ? n.toFixed(2) : '—')
 const fr = (n: number): string => (Number.isFinite(n) ? `${n.toFixed(2)}×` : '—')
 

@@ -25,6 +25,7 @@ import { performance } from 'node:perf_hooks'
 import { request } from 'undici'
 import type { Pacer } from './pacer.js'
 import { Scope } from './scope.js'
+import { median } from './table.js'
 import { cpuSeconds, machineBusySeconds, pidsMentioning, startDistributionProxy, startStevedore, type DistributionProxy, type Stevedore } from './systems.js'
 import { CriImageService } from '../src/prepull/cri-client.js'
 import { startContainerd, writeHostsToml, type Containerd } from '../test/harness/containerd.js'
@@ -85,12 +86,6 @@ export interface RolloutResult {
   targets: string[]
 }
 
-const median = (xs: number[]): number => {
-  const v = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b)
-  if (v.length === 0) return NaN
-  const mid = Math.floor(v.length / 2)
-  return v.length % 2 === 1 ? (v[mid] as number) : ((v[mid - 1] as number) + (v[mid] as number)) / 2
-}
 const f2 = (n: number): string => (Number.isFinite(n) ? n.toFixed(2) : '—')
 const fr = (n: number): string => (Number.isFinite(n) ? `${n.toFixed(2)}×` : '—')
 const fmb = (n: number): string => (Number.isFinite(n) ? (n / MB >= 100 ? (n / MB).toFixed(0) : (n / MB).toFixed(1)) : '—')

@@ -22,7 +22,7 @@ import { rollout } from './rollout.js'
 import { Scope } from './scope.js'
 import { stalledReaders, type StalledResult } from './stalled.js'
 import { cpuSeconds, machineBusySeconds, memoryOf, sampleMemory, startDistributionProxy, startStevedore, threadCpuDelta, threadCpuSeconds } from './systems.js'
-import { SYSTEMS, col, fmt, fmtRatio, maxOf, median, ratio, type FanRound, type Row, type SystemKey } from './table.js'
+import { SYSTEMS, col, fmt, fmtRatio, maxOf, median, ratio, walls, type FanRound, type Row, type SystemKey } from './table.js'
 import { coldPathRows, loadRecorded, regressionRows, type CurrentFigures } from './targets.js'
 import { sha256SecondsPerGB } from './hash-floor.js'
 import { startContainerd, writeHostsToml } from '../test/harness/containerd.js'
@@ -114,11 +114,9 @@ function problem(what: string): void {
   progress(`WRONG: ${what}`)
 }
 
-
-// ------------------------------------------------------------------ main
-
-
 const ttfbs = (r: FanOutResult): number[] => r.clients.map((c) => c.ttfb)
+
+const byThread = (t: Record<string, number>): string => Object.entries(t).filter(([, v]) => v > 0).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ')
 
 /** a fan-out, with the CPU the system spent per GB and the machine's busy cores */
 interface Measured {
@@ -126,6 +124,8 @@ interface Measured {
   cpuPerGB: number
   machineCores: number
 }
+
+// ------------------------------------------------------------------ main
 
 async function main(): Promise<number> {
   const missing = ['docker-registry', 'nginx', 'wrk', 'curl', 'openssl', 'containerd', 'ctr', 'bash'].filter((t) => which(t) === null)
@@ -467,7 +467,6 @@ async function main(): Promise<number> {
           if (key === 'stevedore') stvThreads.push({ cold: c.threads, warm: w.threads })
           pullCpu[key].warm.push(w.mirrorCpu)
           warmRefetch[key] += w.upstreamBlobGets
-          const byThread = (t: Record<string, number>): string => Object.entries(t).filter(([, v]) => v > 0).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ')
           if (key === 'stevedore') progress(`stevedore CPU s by thread: cold ${byThread(c.threads)}; warm ${byThread(w.threads)}`)
           line.push(`${key} cold ${c.seconds.toFixed(2)} s (mirror CPU ${c.mirrorCpu.toFixed(2)} s), warm ${w.seconds.toFixed(2)} s (${w.mirrorCpu.toFixed(2)} s)${w.upstreamBlobGets > 0 ? ` (warm pull fetched ${w.upstreamBlobGets} layers upstream)` : ''}`)
         }
@@ -482,7 +481,6 @@ async function main(): Promise<number> {
       : undefined
 
     // -------------------------------------------------------------- table
-    const walls = (rs: FanRound[]): number[] => rs.map((r) => r.wall)
     const getsList = (rs: FanRound[]): string => rs.map((r) => String(r.fullGets)).join(', ')
     const allCorrect = (rs: FanRound[]): string => (rs.every((r) => r.correct) ? `yes (${rs.length * P.clients}/${rs.length * P.clients})` : 'NO')
     const mbs = (rs: FanRound[]): number[] => rs.map((r) => (P.clients * blob.size) / r.wall / MB)
@@ -588,7 +586,7 @@ async function main(): Promise<number> {
     const currentFigures = (): CurrentFigures => {
       const fresh = (rs: ClientResult[] | undefined): number => median((rs ?? []).map((c) => c.total))
       const st = stalled.stevedore
-      const vsFloor = (k: 'cold' | 'prefetched'): number => (roll === undefined ? NaN : ratio(roll.runs[k].map((r) => r.wall), roll.runs.floor.map((r) => r.wall)))
+      const vsFloor = (k: 'cold' | 'prefetched'): number => (roll === undefined ? NaN : ratio(walls(roll.runs[k]), walls(roll.runs.floor)))
       return {
         warmMBps: median(mbs(warm.stevedore)),
         warmCpuPerGB: median(warm.stevedore.map((r) => r.cpuPerGB)),

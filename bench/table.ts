@@ -31,6 +31,9 @@ export interface FanRound {
   result: FanOutResult
 }
 
+/** the rounds' wall times */
+export const walls = (rs: readonly { wall: number }[]): number[] => rs.map((r) => r.wall)
+
 export function median(xs: number[]): number {
   const v = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b)
   if (v.length === 0) return NaN

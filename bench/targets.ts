@@ -3,7 +3,7 @@
 // else moved: the figures recorded in bench/recorded.json, each with the
 // allowance this machine's run-to-run spread needs.
 import { readFileSync } from 'node:fs'
-import { col, fmt, fmtRatio, median, ratio, type FanRound, type Row, type SystemKey } from './table.js'
+import { col, fmt, fmtRatio, median, ratio, walls, type FanRound, type Row, type SystemKey } from './table.js'
 
 export interface ColdPathFigures {
   /** sha256 CPU s/GB of this machine, measured in this run */
@@ -26,7 +26,6 @@ export interface ColdPathFigures {
   }
 }
 
-const walls = (rs: FanRound[]): number[] => rs.map((r) => r.wall)
 const cores = (rs: FanRound[]): string => fmt(median(rs.map((r) => r.machineCores)))
 
 /** The rows of the cold path's targets that this run has the figures for. */
